@@ -1,0 +1,3 @@
+module github.com/vcsnap/vcsnap
+
+go 1.25.0
