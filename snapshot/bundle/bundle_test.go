@@ -1,0 +1,280 @@
+package bundle
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// content is what a bundle holds, in a comparable form.
+type content struct {
+	Meta   Meta
+	Leases []Lease
+	KVs    []KeyValue
+	Dels   []Delete
+}
+
+func writeBundle(t testing.TB, c content, kind Kind, rev int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	fixed := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	w, err := NewWriter(&buf, WriterOptions{Kind: kind, Tool: "vcsnap test", Now: func() time.Time { return fixed }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteMeta(&c.Meta); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range c.Leases {
+		if err := w.WriteLease(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range c.KVs {
+		if err := w.WritePut(&c.KVs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range c.Dels {
+		if err := w.WriteDelete(&c.Dels[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Close(Manifest{Revision: rev, Source: c.Meta.Source}); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// readBundle decodes a whole bundle, returning its content and manifest.
+func readBundle(data []byte) (content, *Manifest, error) {
+	var c content
+	r, err := NewReader(bytes.NewReader(data), ReaderOptions{})
+	if err != nil {
+		return c, nil, err
+	}
+	defer r.Close()
+	for {
+		rec, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return c, r.Manifest(), nil
+		}
+		if err != nil {
+			return c, nil, err
+		}
+		switch rec.Type {
+		case RecordMeta:
+			c.Meta = *rec.Meta
+		case RecordLease:
+			c.Leases = append(c.Leases, rec.Lease)
+		case RecordPut:
+			kv := rec.KV
+			kv.Key, kv.Value = bytes.Clone(kv.Key), bytes.Clone(kv.Value)
+			if kv.Value == nil {
+				kv.Value = []byte{}
+			}
+			c.KVs = append(c.KVs, kv)
+		case RecordDelete:
+			d := rec.Delete
+			d.Key = bytes.Clone(d.Key)
+			c.Dels = append(c.Dels, d)
+		}
+	}
+}
+
+// goldenContent is the fixed content of the committed v1 fixtures. Never change it: the
+// fixtures were written from it once and must keep decoding to it.
+func goldenContent() content {
+	return content{
+		Meta:   Meta{Source: Source{Datastore: "etcd", VClusterName: "demo", VClusterNamespace: "team-a", KubernetesVersion: "v1.32.2"}, Revision: 4242},
+		Leases: []Lease{{ID: 7587880000000001, TTL: 3541, GrantedTTL: 3600}},
+		KVs: []KeyValue{
+			{Key: []byte("/registry/configmaps/default/empty"), Value: []byte{}, CreateRevision: 10, ModRevision: 10, Version: 1},
+			{Key: []byte("/registry/events/default/ev1"), Value: []byte("k8s\x00\x0a\x0bevent-bytes"), CreateRevision: 4000, ModRevision: 4001, Version: 2, Lease: 7587880000000001},
+			{Key: []byte("/registry/namespaces/default"), Value: bytes.Repeat([]byte{0, 1, 2, 0xff}, 1000), CreateRevision: 2, ModRevision: 2, Version: 1},
+			{Key: []byte("/registry/secrets/default/s"), Value: []byte("k8s:enc:aescbc:v1:key1:\x01\x02"), CreateRevision: 20, ModRevision: 4242, Version: 9},
+		},
+	}
+}
+
+func goldenDeltaContent() content {
+	return content{
+		Meta:   Meta{Source: Source{Datastore: "kine-sqlite"}, Revision: 5000},
+		Leases: []Lease{{ID: 60, TTL: 60, GrantedTTL: 60}},
+		KVs: []KeyValue{
+			{Key: []byte("/registry/pods/default/p"), Value: []byte("k8s\x00pod"), CreateRevision: 4300, ModRevision: 4300, Version: 1},
+			{Key: []byte("/registry/events/default/e2"), Value: []byte("k8s\x00ev"), CreateRevision: 4301, ModRevision: 4301, Version: 1, Lease: 60},
+		},
+		Dels: []Delete{{Key: []byte("/registry/pods/default/old"), ModRevision: 4302}},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	c := content{Meta: Meta{Source: Source{Datastore: "etcd"}, Revision: 99, Extra: map[string]string{"a": "b"}}}
+	c.Leases = []Lease{{ID: 1, TTL: 10, GrantedTTL: 60}, {ID: 2, TTL: 3600, GrantedTTL: 3600}}
+	for i := 0; i < 3000; i++ {
+		v := make([]byte, rng.Intn(5000))
+		rng.Read(v)
+		kv := KeyValue{Key: fmt.Appendf(nil, "/registry/x/%06d", i), Value: v, CreateRevision: int64(i + 1), ModRevision: int64(i + 2), Version: int64(i%5 + 1)}
+		if i%10 == 0 {
+			kv.Lease = int64(i%20/10 + 1)
+		}
+		c.KVs = append(c.KVs, kv)
+	}
+	big := KeyValue{Key: []byte("/registry/zz/big"), Value: bytes.Repeat([]byte("x"), 3<<20), CreateRevision: 5, ModRevision: 6, Version: 1}
+	c.KVs = append(c.KVs, big)
+	data := writeBundle(t, c, KindFull, 99)
+	got, m, err := readBundle(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertContent(t, got, c)
+	if m.Keys != int64(len(c.KVs)) || m.Leases != 2 || m.Revision != 99 {
+		t.Fatalf("manifest %+v", m)
+	}
+	tm, need, err := ParseTail(data[len(data)-TailSize:], int64(len(data)))
+	if err != nil || need != 0 || tm.Keys != m.Keys || tm.BodyBytes != m.BodyBytes {
+		t.Fatalf("ParseTail = %+v, %d, %v", tm, need, err)
+	}
+}
+
+func assertContent(t *testing.T, got, want content) {
+	t.Helper()
+	if fmt.Sprint(got.Meta) != fmt.Sprint(want.Meta) {
+		t.Fatalf("meta: got %+v want %+v", got.Meta, want.Meta)
+	}
+	if fmt.Sprint(got.Leases) != fmt.Sprint(want.Leases) {
+		t.Fatalf("leases: got %+v want %+v", got.Leases, want.Leases)
+	}
+	if len(got.KVs) != len(want.KVs) || len(got.Dels) != len(want.Dels) {
+		t.Fatalf("got %d keys, %d deletes; want %d, %d", len(got.KVs), len(got.Dels), len(want.KVs), len(want.Dels))
+	}
+	for i := range want.KVs {
+		g, w := got.KVs[i], want.KVs[i]
+		if !bytes.Equal(g.Key, w.Key) || !bytes.Equal(g.Value, w.Value) || g.CreateRevision != w.CreateRevision ||
+			g.ModRevision != w.ModRevision || g.Version != w.Version || g.Lease != w.Lease {
+			t.Fatalf("key %d: got %q (%d bytes) want %q (%d bytes)", i, g.Key, len(g.Value), w.Key, len(w.Value))
+		}
+	}
+	for i := range want.Dels {
+		if !bytes.Equal(got.Dels[i].Key, want.Dels[i].Key) || got.Dels[i].ModRevision != want.Dels[i].ModRevision {
+			t.Fatalf("delete %d: got %+v want %+v", i, got.Dels[i], want.Dels[i])
+		}
+	}
+}
+
+// Every single-byte change and every truncation of a small bundle must be refused.
+func TestEveryFlipAndTruncationRefused(t *testing.T) {
+	data := writeBundle(t, goldenContent(), KindFull, 4242)
+	for i := range data {
+		for _, mask := range []byte{0x01, 0x80, 0xff} {
+			bad := bytes.Clone(data)
+			bad[i] ^= mask
+			if _, _, err := readBundle(bad); err == nil {
+				t.Fatalf("flip at byte %d (mask %#x) of %d accepted", i, mask, len(data))
+			}
+		}
+	}
+	for n := 0; n < len(data); n++ {
+		if _, _, err := readBundle(data[:n]); err == nil {
+			t.Fatalf("truncation to %d of %d bytes accepted", n, len(data))
+		}
+	}
+	if _, _, err := readBundle(append(bytes.Clone(data), 0)); err == nil {
+		t.Fatal("bundle with a trailing byte accepted")
+	}
+}
+
+func TestNewerFormatRefusedWithVersion(t *testing.T) {
+	data := writeBundle(t, goldenContent(), KindFull, 4242)
+	binary.BigEndian.PutUint16(data[8:10], 2)
+	_, _, err := readBundle(data)
+	var ve *VersionError
+	if !errors.As(err, &ve) || ve.Found != 2 || !errors.Is(err, ErrUnsupportedVersion) {
+		t.Fatalf("got %v, want a VersionError for v2", err)
+	}
+	if want := "bundle format v2 is newer than this vcsnap supports (v1)"; !bytes.Contains([]byte(err.Error()), []byte(want)) {
+		t.Fatalf("message %q lacks %q", err, want)
+	}
+}
+
+func TestForeignInputRefused(t *testing.T) {
+	for name, in := range map[string][]byte{
+		"empty":  {},
+		"tar.gz": {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8},
+		"text":   []byte("hello, this is not a bundle at all"),
+	} {
+		if _, _, err := readBundle(in); !errors.Is(err, ErrNotBundle) {
+			t.Errorf("%s: got %v, want ErrNotBundle", name, err)
+		}
+	}
+}
+
+func TestDeltaRoundTrip(t *testing.T) {
+	c := goldenDeltaContent()
+	got, m, err := readBundle(writeBundle(t, c, KindDelta, 5000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertContent(t, got, c)
+	if m.Kind != KindDelta || m.Deletes != 1 {
+		t.Fatalf("manifest %+v", m)
+	}
+}
+
+var goldenFixtures = map[string]func() (content, Kind, int64){
+	"v1-full.vcsnap":  func() (content, Kind, int64) { return goldenContent(), KindFull, 4242 },
+	"v1-delta.vcsnap": func() (content, Kind, int64) { return goldenDeltaContent(), KindDelta, 5000 },
+	"v1-empty.vcsnap": func() (content, Kind, int64) {
+		return content{Meta: Meta{Source: Source{Datastore: "etcd"}, Revision: 1}}, KindFull, 1
+	},
+}
+
+// The committed fixtures were written once by v1 and are never regenerated: a future
+// change that cannot read them breaks every backup users already have.
+func TestGoldenFixtures(t *testing.T) {
+	for name, gen := range goldenFixtures {
+		path := filepath.Join("testdata", name)
+		want, kind, rev := gen()
+		data, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) && os.Getenv("VCSNAP_CREATE_GOLDEN") == "1" {
+			// Creates a missing fixture only; an existing one is never overwritten.
+			data = writeBundle(t, want, kind, rev)
+			if err := os.WriteFile(path, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		} else if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, m, err := readBundle(data)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		assertContent(t, got, want)
+		if m.Kind != kind || m.Revision != rev || m.Format != 1 {
+			t.Fatalf("%s: manifest %+v", name, m)
+		}
+	}
+}
+
+func FuzzReader(f *testing.F) {
+	for _, gen := range goldenFixtures {
+		c, k, r := gen()
+		f.Add(writeBundle(f, c, k, r))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// Must never panic or hang; any input either decodes fully or fails.
+		_, _, _ = readBundle(data)
+		if len(data) >= TrailerSize {
+			_, _, _ = ParseTail(data, int64(len(data)))
+		}
+	})
+}

@@ -1,0 +1,166 @@
+// Package bundle reads and writes vcsnap bundles: one self-contained, checksummed object
+// holding every live key of a datastore at one revision (a full bundle) or the changes
+// between two revisions (a delta bundle).
+//
+// Layout (all integers big-endian):
+//
+//	header   magic "\x89VCSNAP\n" | u16 format | u16 flags | u32 n | header JSON (n bytes)
+//	body     { u32 n | u32 crc32c | n payload bytes }*  terminated by u32 0 | u32 0
+//	manifest u32 n | manifest JSON (n bytes)
+//	trailer  u32 n | u32 crc32c(manifest JSON) | sha256 | "VCSNAPOK"
+//
+// The body payload is a zstd stream of records. The sha256 covers every byte before the
+// trailer. The trailer is written last and is the commit marker: a bundle without a valid
+// trailer is incomplete. Its 48-byte layout never changes between format versions, so any
+// release can find the manifest and say which format version a bundle needs.
+package bundle
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// FormatVersion is the newest bundle format this package reads and the one it writes.
+const FormatVersion = 1
+
+// TrailerSize is the fixed size of the trailer at the end of every bundle.
+const TrailerSize = 48
+
+// Limits that keep memory bounded whatever a (possibly hostile) bundle claims.
+const (
+	maxHeaderSize   = 1 << 20
+	maxManifestSize = 4 << 20
+	maxChunkSize    = 16 << 20
+	// MaxRecordSize bounds one record (a key with its value). etcd refuses requests over
+	// 1.5 MiB by default; kine on SQL allows more, so leave generous room.
+	MaxRecordSize = 64 << 20
+	chunkSize     = 1 << 20
+)
+
+var (
+	headerMagic  = [8]byte{0x89, 'V', 'C', 'S', 'N', 'A', 'P', '\n'}
+	trailerMagic = [8]byte{'V', 'C', 'S', 'N', 'A', 'P', 'O', 'K'}
+)
+
+// Errors callers map to exit codes.
+var (
+	// ErrCorrupt means the bundle's bytes are not what was written: a checksum, length or
+	// structure check failed.
+	ErrCorrupt = errors.New("bundle is corrupt")
+	// ErrIncomplete means the bundle has no commit marker: its upload was interrupted.
+	ErrIncomplete = errors.New("bundle is incomplete (no commit marker)")
+	// ErrNotBundle means the object is not a vcsnap bundle at all.
+	ErrNotBundle = errors.New("not a vcsnap bundle")
+	// ErrUnsupportedVersion means the bundle needs a newer vcsnap.
+	ErrUnsupportedVersion = errors.New("unsupported bundle format version")
+)
+
+// VersionError says which format version a bundle needs.
+type VersionError struct{ Found int }
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("bundle format v%d is newer than this vcsnap supports (v%d): upgrade vcsnap to a release that reads format v%d",
+		e.Found, FormatVersion, e.Found)
+}
+
+func (e *VersionError) Unwrap() error { return ErrUnsupportedVersion }
+
+func corruptf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// Kind tells a full bundle from a delta bundle.
+type Kind string
+
+const (
+	KindFull  Kind = "full"
+	KindDelta Kind = "delta"
+)
+
+// Header is the clear JSON at the start of a bundle: what a reader needs before the body.
+type Header struct {
+	Format      int         `json:"format"`
+	Kind        Kind        `json:"kind"`
+	Created     time.Time   `json:"created"`
+	Compression string      `json:"compression"`
+	Encryption  *Encryption `json:"encryption,omitempty"`
+	Tool        string      `json:"tool"`
+}
+
+// Encryption describes how the body is encrypted; nil means it is not.
+type Encryption struct {
+	Scheme     string `json:"scheme"`
+	Recipients int    `json:"recipients"`
+}
+
+// Source describes where a bundle's data came from. It holds nothing secret: no
+// endpoints with credentials, no values.
+type Source struct {
+	Datastore         string `json:"datastore"`
+	VClusterName      string `json:"vclusterName,omitempty"`
+	VClusterNamespace string `json:"vclusterNamespace,omitempty"`
+	KubernetesVersion string `json:"kubernetesVersion,omitempty"`
+}
+
+// Manifest is the clear JSON at the end of a bundle, read by describe and list without
+// downloading the body.
+type Manifest struct {
+	Format       int         `json:"format"`
+	Kind         Kind        `json:"kind"`
+	Created      time.Time   `json:"created"`
+	Completed    time.Time   `json:"completed"`
+	Revision     int64       `json:"revision"`
+	BaseRevision int64       `json:"baseRevision,omitempty"`
+	Source       Source      `json:"source"`
+	Keys         int64       `json:"keys"`
+	Leases       int64       `json:"leases"`
+	Deletes      int64       `json:"deletes,omitempty"`
+	KeyBytes     int64       `json:"keyBytes"`
+	ValueBytes   int64       `json:"valueBytes"`
+	BodyBytes    int64       `json:"bodyBytes"`
+	Partial      bool        `json:"partial,omitempty"`
+	Encryption   *Encryption `json:"encryption,omitempty"`
+	Tool         string      `json:"tool"`
+}
+
+// Meta is the first record of the body. Unlike the manifest it is inside the compressed
+// (and, when configured, encrypted) body, so it may carry values that can hold secrets.
+type Meta struct {
+	Source   Source            `json:"source"`
+	Revision int64             `json:"revision"`
+	Extra    map[string]string `json:"extra,omitempty"`
+}
+
+// KeyValue is one live key as stored in the datastore.
+type KeyValue struct {
+	Key            []byte
+	Value          []byte
+	CreateRevision int64
+	ModRevision    int64
+	Version        int64
+	Lease          int64 // the source's lease ID; 0 means none
+}
+
+// Lease is a lease as captured: its ID in the source and the TTL left at capture time.
+type Lease struct {
+	ID         int64
+	TTL        int64 // seconds remaining when captured
+	GrantedTTL int64 // seconds the lease was granted with
+}
+
+// Delete is a key deleted at a revision (delta bundles only).
+type Delete struct {
+	Key         []byte
+	ModRevision int64
+}
+
+// Totals are the counts a bundle's end record and manifest agree on.
+type Totals struct {
+	Keys       int64
+	Leases     int64
+	Deletes    int64
+	KeyBytes   int64
+	ValueBytes int64
+	Revision   int64
+}

@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools records the main packages ../build.sh builds from this module,
+// so that `go mod tidy` keeps their dependencies. It is never compiled.
+package tools
+
+import (
+	_ "github.com/kubernetes-csi/external-provisioner/v5/cmd/csi-provisioner"
+)
