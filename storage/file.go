@@ -1,0 +1,229 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// partSuffix marks in-progress files. They are never listed or read as objects.
+const partSuffix = ".part"
+
+// FileStore keeps objects as files under a root directory. Put writes a temporary
+// "<name>.<random>.part" file, fsyncs it, renames it into place and fsyncs the directory,
+// so an object is either whole or absent, even after a crash.
+type FileStore struct {
+	root string
+}
+
+// NewFileStore returns a store rooted at dir.
+func NewFileStore(dir string) *FileStore { return &FileStore{root: dir} }
+
+func (s *FileStore) path(name string) (string, error) {
+	clean := filepath.Clean("/" + name)
+	if name == "" || clean == "/" || strings.HasSuffix(name, "/") {
+		return "", fmt.Errorf("invalid object name %q", name)
+	}
+	if strings.HasSuffix(name, partSuffix) {
+		return "", fmt.Errorf("object names ending in %q are reserved for uploads in progress", partSuffix)
+	}
+	return filepath.Join(s.root, clean), nil
+}
+
+func (s *FileStore) URL(name string) string {
+	return "file://" + filepath.Join(s.root, filepath.Clean("/"+name))
+}
+
+func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) (err error) {
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, filepath.Base(p)+".*"+partSuffix)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = io.Copy(f, ctxReader{ctx, r}); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = ctx.Err(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), p); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ctxReader stops a copy promptly when ctx is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func (s *FileStore) open(name string) (*os.File, error) {
+	p, err := s.path(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", s.URL(name), ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("%s is a directory: %w", s.URL(name), ErrNotFound)
+	}
+	return f, nil
+}
+
+func (s *FileStore) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	return s.open(name)
+}
+
+func (s *FileStore) GetRange(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	f, err := s.open(name)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.NewSectionReader(f, offset, length), f}, nil
+}
+
+func (s *FileStore) Stat(ctx context.Context, name string) (ObjectInfo, error) {
+	f, err := s.open(name)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	return ObjectInfo{Name: name, Size: st.Size(), Modified: st.ModTime()}, nil
+}
+
+func (s *FileStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	// Walk the deepest directory the prefix names, then filter by the full prefix, so
+	// "backups/day" finds "backups/day1" as S3 would.
+	base := filepath.Join(s.root, filepath.Clean("/"+prefix))
+	if !strings.HasSuffix(prefix, "/") {
+		base = filepath.Dir(base)
+	}
+	var out []ObjectInfo
+	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || !d.Type().IsRegular() || strings.HasSuffix(p, partSuffix) {
+			return nil
+		}
+		rel, err := filepath.Rel(s.root, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if !strings.HasPrefix(name, strings.TrimPrefix(prefix, "/")) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil // removed while listing
+		}
+		out = append(out, ObjectInfo{Name: name, Size: info.Size(), Modified: info.ModTime()})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
+}
+
+func (s *FileStore) Delete(ctx context.Context, name string) error {
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s: %w", s.URL(name), ErrNotFound)
+		}
+		return err
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+// ListIncomplete returns the uploads in progress (or abandoned by a crash) under prefix.
+func (s *FileStore) ListIncomplete(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	base := filepath.Join(s.root, filepath.Clean("/"+prefix))
+	if !strings.HasSuffix(prefix, "/") {
+		base = filepath.Dir(base)
+	}
+	var out []ObjectInfo
+	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() || !strings.HasSuffix(p, partSuffix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(s.root, p)
+		out = append(out, ObjectInfo{Name: filepath.ToSlash(rel), Size: info.Size(), Modified: info.ModTime()})
+		return nil
+	})
+	return out, err
+}

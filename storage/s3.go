@@ -1,0 +1,463 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+)
+
+// S3 multipart limits: at most 10,000 parts of 5 MiB to 5 GiB each.
+const (
+	maxParts    = 10000
+	minPartSize = 5 << 20
+	maxPartSize = 5 << 30
+	// DefaultPartSize is the size of the first 1,000 parts; it doubles every 1,000 parts,
+	// so 10,000 parts hold about 8 TiB while small bundles use little memory.
+	DefaultPartSize = 8 << 20
+	// DefaultConcurrency is how many parts upload at once.
+	DefaultConcurrency = 4
+)
+
+// S3Options configure an S3 store. Credentials never appear here: they come from the
+// AWS default chain (environment, shared profile, web identity, instance role).
+type S3Options struct {
+	Bucket      string
+	Region      string
+	Endpoint    string // custom endpoint such as MinIO; empty means AWS
+	PathStyle   bool
+	SSE         string // "", "AES256" (SSE-S3) or "aws:kms" (SSE-KMS)
+	KMSKeyID    string
+	PartSize    int64 // first part size; zero means DefaultPartSize
+	Concurrency int   // zero means DefaultConcurrency
+	MaxAttempts int   // per request, including throttling and dropped connections; zero means 10
+	HTTPClient  *http.Client
+}
+
+func parseS3Options(u *url.URL) (S3Options, error) {
+	o := S3Options{Bucket: u.Host}
+	if o.Bucket == "" {
+		return o, fmt.Errorf("s3 URL %q has no bucket: write s3://bucket/path/name", u.Redacted())
+	}
+	for k, vs := range u.Query() {
+		v := vs[len(vs)-1]
+		switch k {
+		case "region":
+			o.Region = v
+		case "endpoint", "url":
+			o.Endpoint = v
+		case "force-path-style", "path-style":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return o, fmt.Errorf("s3 URL option %s=%q: want true or false", k, v)
+			}
+			o.PathStyle = b
+		case "sse":
+			if v != "AES256" && v != "aws:kms" {
+				return o, fmt.Errorf("s3 URL option sse=%q: want AES256 or aws:kms", v)
+			}
+			o.SSE = v
+		case "kms-key-id":
+			o.KMSKeyID = v
+			if o.SSE == "" {
+				o.SSE = "aws:kms"
+			}
+		case "part-size":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < minPartSize || n > maxPartSize {
+				return o, fmt.Errorf("s3 URL option part-size=%q: want bytes between %d and %d", v, minPartSize, maxPartSize)
+			}
+			o.PartSize = n
+		case "concurrency":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 64 {
+				return o, fmt.Errorf("s3 URL option concurrency=%q: want 1 to 64", v)
+			}
+			o.Concurrency = n
+		case "access-key-id", "secret-access-key", "session-token":
+			return o, fmt.Errorf("s3 URL option %s: credentials are never taken from URLs; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or use a profile or web identity", k)
+		default:
+			return o, fmt.Errorf("unknown s3 URL option %q (known: region, endpoint, force-path-style, sse, kms-key-id, part-size, concurrency)", k)
+		}
+	}
+	return o, nil
+}
+
+// S3Store keeps objects in one S3 bucket.
+type S3Store struct {
+	client *s3.Client
+	opts   S3Options
+}
+
+// NewS3Store builds a client from the AWS default configuration plus opts.
+func NewS3Store(ctx context.Context, opts S3Options) (*S3Store, error) {
+	if opts.PartSize == 0 {
+		opts.PartSize = DefaultPartSize
+	}
+	if opts.Concurrency == 0 {
+		opts.Concurrency = DefaultConcurrency
+	}
+	if opts.MaxAttempts == 0 {
+		opts.MaxAttempts = 10
+	}
+	loaders := []func(*config.LoadOptions) error{
+		config.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(so *retry.StandardOptions) {
+				so.MaxAttempts = opts.MaxAttempts
+				so.MaxBackoff = 20 * time.Second
+			})
+		}),
+	}
+	if opts.Region != "" {
+		loaders = append(loaders, config.WithRegion(opts.Region))
+	}
+	if opts.HTTPClient != nil {
+		loaders = append(loaders, config.WithHTTPClient(opts.HTTPClient))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, loaders...)
+	if err != nil {
+		return nil, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		o.UsePathStyle = opts.PathStyle
+		o.DisableLogOutputChecksumValidationSkipped = true
+		if opts.Endpoint != "" {
+			o.BaseEndpoint = aws.String(opts.Endpoint)
+		}
+	})
+	return &S3Store{client: client, opts: opts}, nil
+}
+
+func (s *S3Store) URL(name string) string {
+	return "s3://" + s.opts.Bucket + "/" + name
+}
+
+// partSize returns the size of part n (1-based): it doubles every 1,000 parts.
+func (s *S3Store) partSize(n int) int64 {
+	size := s.opts.PartSize << ((n - 1) / 1000)
+	return min(size, maxPartSize)
+}
+
+func (s *S3Store) Put(ctx context.Context, name string, r io.Reader) error {
+	first := make([]byte, s.partSize(1))
+	n, err := io.ReadFull(r, first)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// Small enough for one request, which is atomic by itself.
+		in := &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &name, Body: bytes.NewReader(first[:n]),
+			ContentLength: aws.Int64(int64(n))}
+		s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
+		if _, err := s.client.PutObject(ctx, in); err != nil {
+			return fmt.Errorf("upload %s: %w", s.URL(name), err)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.putMultipart(ctx, name, first, r)
+}
+
+func (s *S3Store) applySSE(sse *types.ServerSideEncryption, kms **string) {
+	if s.opts.SSE != "" {
+		*sse = types.ServerSideEncryption(s.opts.SSE)
+	}
+	if s.opts.KMSKeyID != "" {
+		*kms = aws.String(s.opts.KMSKeyID)
+	}
+}
+
+// putMultipart streams r as a multipart upload. Parts upload concurrently from a bounded
+// set of buffers; any failure or cancellation aborts the upload, so no object appears.
+func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r io.Reader) (err error) {
+	in := &s3.CreateMultipartUploadInput{Bucket: &s.opts.Bucket, Key: &name}
+	s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
+	created, err := s.client.CreateMultipartUpload(ctx, in)
+	if err != nil {
+		return fmt.Errorf("start upload of %s: %w", s.URL(name), err)
+	}
+	uploadID := created.UploadId
+	defer func() {
+		if err != nil {
+			// The caller's ctx may be cancelled; aborting must still happen.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if _, aerr := s.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
+				Bucket: &s.opts.Bucket, Key: &name, UploadId: uploadID}); aerr != nil {
+				slog.Warn("could not abort the incomplete upload; the bucket's lifecycle rule or `vcsnap snapshot prune` removes it",
+					"object", s.URL(name), "error", aerr)
+			}
+		}
+	}()
+
+	uctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu    sync.Mutex
+		parts []types.CompletedPart
+		wg    sync.WaitGroup
+	)
+	free := make(chan []byte, s.opts.Concurrency+1)
+	sem := make(chan struct{}, s.opts.Concurrency)
+	upload := func(num int32, buf []byte) {
+		defer wg.Done()
+		defer func() { <-sem }()
+		out, err := s.client.UploadPart(uctx, &s3.UploadPartInput{Bucket: &s.opts.Bucket, Key: &name,
+			UploadId: uploadID, PartNumber: aws.Int32(num), Body: bytes.NewReader(buf),
+			ContentLength: aws.Int64(int64(len(buf)))})
+		select {
+		case free <- buf[:cap(buf)]:
+		default:
+		}
+		if err != nil {
+			cancel(fmt.Errorf("upload part %d of %s: %w", num, s.URL(name), err))
+			return
+		}
+		mu.Lock()
+		parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num),
+			ChecksumCRC32: out.ChecksumCRC32, ChecksumCRC32C: out.ChecksumCRC32C,
+			ChecksumCRC64NVME: out.ChecksumCRC64NVME, ChecksumSHA1: out.ChecksumSHA1, ChecksumSHA256: out.ChecksumSHA256})
+		mu.Unlock()
+	}
+	buf, last := first, false
+	for num := 1; ; num++ {
+		if num > maxParts {
+			cancel(fmt.Errorf("stream exceeds %d parts", maxParts))
+			break
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-uctx.Done():
+		}
+		if uctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go upload(int32(num), buf)
+		if last {
+			break
+		}
+		buf = nextBuffer(free, s.partSize(num+1))
+		n, rerr := io.ReadFull(ctxReader{uctx, r}, buf)
+		buf = buf[:n]
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			if n == 0 {
+				break
+			}
+			last = true // upload this short part on the next turn, then stop
+			continue
+		}
+		if rerr != nil {
+			cancel(rerr)
+			break
+		}
+	}
+	wg.Wait()
+	if cause := context.Cause(uctx); cause != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return cause
+	}
+	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
+	if _, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
+		Key: &name, UploadId: uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}); err != nil {
+		return fmt.Errorf("complete upload of %s: %w", s.URL(name), err)
+	}
+	return nil
+}
+
+func (s *S3Store) mapErr(name string, err error) error {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode() {
+		case "NotFound", "NoSuchKey":
+			return fmt.Errorf("%s: %w", s.URL(name), ErrNotFound)
+		case "NoSuchBucket":
+			return fmt.Errorf("bucket %q does not exist: %w", s.opts.Bucket, ErrNotFound)
+		}
+	}
+	return fmt.Errorf("%s: %w", s.URL(name), err)
+}
+
+func (s *S3Store) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	return s.getRange(ctx, name, 0, -1)
+}
+
+func (s *S3Store) GetRange(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	if length == 0 {
+		return io.NopCloser(bytes.NewReader(nil)), nil
+	}
+	return s.getRange(ctx, name, offset, length)
+}
+
+func (s *S3Store) getRange(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	rd := &s3Reader{ctx: ctx, s: s, name: name, off: offset, end: -1}
+	if length >= 0 {
+		rd.end = offset + length
+	}
+	if err := rd.open(); err != nil {
+		return nil, err
+	}
+	return rd, nil
+}
+
+// s3Reader streams an object and, when the connection drops mid-body, resumes from the
+// last byte read with a ranged GET pinned to the same ETag.
+type s3Reader struct {
+	ctx     context.Context
+	s       *S3Store
+	name    string
+	off     int64
+	end     int64 // exclusive; -1 means to the end of the object
+	etag    *string
+	body    io.ReadCloser
+	resumes int
+}
+
+const maxResumes = 10
+
+func (r *s3Reader) open() error {
+	in := &s3.GetObjectInput{Bucket: &r.s.opts.Bucket, Key: &r.name, IfMatch: r.etag}
+	switch {
+	case r.end >= 0:
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", r.off, r.end-1))
+	case r.off > 0:
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-", r.off))
+	}
+	out, err := r.s.client.GetObject(r.ctx, in)
+	if err != nil {
+		return r.s.mapErr(r.name, err)
+	}
+	if r.etag == nil {
+		r.etag = out.ETag
+	}
+	r.body = out.Body
+	return nil
+}
+
+func (r *s3Reader) Read(p []byte) (int, error) {
+	if r.end >= 0 && r.off >= r.end {
+		return 0, io.EOF
+	}
+	for {
+		if r.body == nil {
+			if err := r.open(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := r.body.Read(p)
+		r.off += int64(n)
+		if err == nil || errors.Is(err, io.EOF) || n > 0 {
+			if errors.Is(err, io.EOF) && r.end >= 0 && r.off < r.end {
+				err = io.ErrUnexpectedEOF // the object is shorter than asked: not a dropped link
+			}
+			return n, err
+		}
+		if r.ctx.Err() != nil || r.resumes >= maxResumes {
+			return 0, fmt.Errorf("read %s at byte %d: %w", r.s.URL(r.name), r.off, err)
+		}
+		r.body.Close()
+		r.body = nil
+		r.resumes++
+		slog.Debug("resuming download", "object", r.s.URL(r.name), "offset", r.off, "error", err)
+		select {
+		case <-time.After(time.Duration(r.resumes) * 200 * time.Millisecond):
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *s3Reader) Close() error {
+	if r.body != nil {
+		return r.body.Close()
+	}
+	return nil
+}
+
+func (s *S3Store) Stat(ctx context.Context, name string) (ObjectInfo, error) {
+	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.opts.Bucket, Key: &name})
+	if err != nil {
+		return ObjectInfo{}, s.mapErr(name, err)
+	}
+	return ObjectInfo{Name: name, Size: aws.ToInt64(out.ContentLength), Modified: aws.ToTime(out.LastModified)}, nil
+}
+
+func (s *S3Store) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	var out []ObjectInfo
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.opts.Bucket, Prefix: &prefix})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, s.mapErr(prefix, err)
+		}
+		for _, o := range page.Contents {
+			out = append(out, ObjectInfo{Name: aws.ToString(o.Key), Size: aws.ToInt64(o.Size), Modified: aws.ToTime(o.LastModified)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func (s *S3Store) Delete(ctx context.Context, name string) error {
+	if _, err := s.Stat(ctx, name); err != nil {
+		return err
+	}
+	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.opts.Bucket, Key: &name}); err != nil {
+		return s.mapErr(name, err)
+	}
+	return nil
+}
+
+// ListIncomplete returns multipart uploads under prefix that were never completed.
+func (s *S3Store) ListIncomplete(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	var out []ObjectInfo
+	in := &s3.ListMultipartUploadsInput{Bucket: &s.opts.Bucket, Prefix: &prefix}
+	for {
+		page, err := s.client.ListMultipartUploads(ctx, in)
+		var apiErr smithy.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode() == "NoSuchUpload" {
+			return out, nil // some S3 servers answer this way when there is none
+		}
+		if err != nil {
+			return nil, s.mapErr(prefix, err)
+		}
+		for _, u := range page.Uploads {
+			out = append(out, ObjectInfo{Name: aws.ToString(u.Key), Modified: aws.ToTime(u.Initiated)})
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			return out, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
+	}
+}
+
+// nextBuffer reuses a buffer returned by a finished part when it is big enough.
+func nextBuffer(free chan []byte, size int64) []byte {
+	select {
+	case b := <-free:
+		if int64(cap(b)) >= size {
+			return b[:size]
+		}
+	default:
+	}
+	return make([]byte, size)
+}

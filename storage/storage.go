@@ -1,0 +1,81 @@
+// Package storage is vcsnap's small streaming interface to object stores, with a local
+// file implementation and an S3 implementation.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// ErrNotFound means the named object does not exist.
+var ErrNotFound = errors.New("object not found")
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	Name     string
+	Size     int64
+	Modified time.Time
+}
+
+// Store is a flat namespace of immutable objects.
+type Store interface {
+	// Put stores everything read from r under name. The object becomes visible only when
+	// Put returns nil; after an error or a cancelled ctx nothing new is visible.
+	Put(ctx context.Context, name string, r io.Reader) error
+	// Get streams a whole object.
+	Get(ctx context.Context, name string) (io.ReadCloser, error)
+	// GetRange streams length bytes from offset.
+	GetRange(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error)
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
+	// List returns the visible objects whose names start with prefix, sorted by name.
+	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+	Delete(ctx context.Context, name string) error
+	// URL renders an object's location for people, without credentials.
+	URL(name string) string
+}
+
+// Location is a parsed store URL: the store it names and the object (or prefix) in it.
+type Location struct {
+	Store Store
+	Name  string
+}
+
+// Open parses a store URL (file:///path/name or s3://bucket/key?options) and opens the store.
+func Open(ctx context.Context, raw string) (Location, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Location{}, fmt.Errorf("store URL: %w", err)
+	}
+	if u.User != nil {
+		return Location{}, errors.New("store URL must not carry credentials: use the environment or the AWS credential chain")
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return Location{}, fmt.Errorf("file URL %q has a host; write file:///absolute/path", raw)
+		}
+		if !strings.HasPrefix(u.Path, "/") || u.Path == "/" {
+			return Location{}, fmt.Errorf("file URL %q needs an absolute path, such as file:///backups/name", raw)
+		}
+		return Location{Store: NewFileStore("/"), Name: strings.TrimPrefix(u.Path, "/")}, nil
+	case "s3":
+		opts, err := parseS3Options(u)
+		if err != nil {
+			return Location{}, err
+		}
+		s, err := NewS3Store(ctx, opts)
+		if err != nil {
+			return Location{}, err
+		}
+		return Location{Store: s, Name: strings.TrimPrefix(u.Path, "/")}, nil
+	case "":
+		return Location{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name or s3://bucket/key", raw)
+	default:
+		return Location{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
+	}
+}

@@ -1,0 +1,78 @@
+package storage_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+
+	"github.com/vcsnap/vcsnap/storage"
+	"github.com/vcsnap/vcsnap/storage/storagetest"
+)
+
+func TestFileStoreConformance(t *testing.T) {
+	storagetest.Run(t, storagetest.Options{}, func(t *testing.T) storage.Store {
+		return storage.NewFileStore(t.TempDir())
+	})
+}
+
+// The in-process S3 is a fast stand-in; the MinIO test in test/ runs the same suite
+// against a real S3 server.
+func TestFakeS3Conformance(t *testing.T) {
+	storagetest.Run(t, storagetest.Options{LargeSize: 12 << 20}, func(t *testing.T) storage.Store {
+		backend := s3mem.New()
+		srv := httptest.NewServer(gofakes3.New(backend).Server())
+		t.Cleanup(srv.Close)
+		if err := backend.CreateBucket("bkt"); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("AWS_ACCESS_KEY_ID", "test")
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+		s, err := storage.NewS3Store(context.Background(), storage.S3Options{Bucket: "bkt", Region: "us-east-1",
+			Endpoint: srv.URL, PathStyle: true, PartSize: 5 << 20, MaxAttempts: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestFilePartFilesHidden(t *testing.T) {
+	dir := t.TempDir()
+	s := storage.NewFileStore(dir)
+	if err := os.WriteFile(filepath.Join(dir, "snap.123.part"), []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := s.List(context.Background(), "")
+	if err != nil || len(infos) != 0 {
+		t.Fatalf("list shows %v, %v", infos, err)
+	}
+	inc, err := s.ListIncomplete(context.Background(), "")
+	if err != nil || len(inc) != 1 {
+		t.Fatalf("ListIncomplete = %v, %v", inc, err)
+	}
+}
+
+func TestOpenURLs(t *testing.T) {
+	ctx := context.Background()
+	for _, bad := range []string{
+		"backups/x", "ftp://h/x", "file://host/x", "file:///", "s3:///key",
+		"s3://bkt/key?secret-access-key=abc", "s3://bkt/key?bogus=1", "s3://user:pw@bkt/key",
+	} {
+		if _, err := storage.Open(ctx, bad); err == nil {
+			t.Errorf("Open(%q) accepted", bad)
+		}
+	}
+	loc, err := storage.Open(ctx, "file:///tmp/backups/snap1")
+	if err != nil || loc.Name != "tmp/backups/snap1" || loc.Store.URL(loc.Name) != "file:///tmp/backups/snap1" {
+		t.Fatalf("file URL: %+v %v", loc, err)
+	}
+	loc, err = storage.Open(ctx, "s3://bkt/path/name?region=eu-west-1&force-path-style=true&endpoint=http://127.0.0.1:1&sse=aws:kms&kms-key-id=k")
+	if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != "s3://bkt/path/name" {
+		t.Fatalf("s3 URL: %+v %v", loc, err)
+	}
+}

@@ -1,0 +1,101 @@
+// Package rig is vcsnap's real-component test harness: it runs real etcd,
+// kine, PostgreSQL, MariaDB, MinIO, kube-apiserver, kube-controller-manager,
+// the CSI snapshot sidecars and a test CSI driver as child processes bound to
+// 127.0.0.1 on free ports, each stopped by its PID when the test ends.
+//
+// Binaries come from the tools cache built by `make tools`
+// (${VCSNAP_TOOLS_DIR:-$HOME/.cache/vcsnap-tools}/bin). A missing component
+// skips the test locally and fails it when CI=true: in CI a component that
+// is not there is a broken pipeline, never a reason to pass.
+package rig
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// ToolsDir is the tools cache: $VCSNAP_TOOLS_DIR, else $HOME/.cache/vcsnap-tools.
+func ToolsDir() string {
+	if d := os.Getenv("VCSNAP_TOOLS_DIR"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		home = os.TempDir()
+	}
+	return filepath.Join(home, ".cache", "vcsnap-tools")
+}
+
+// InCI reports whether the tests run in CI (CI=true), where a missing
+// component fails the test instead of skipping it.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Missing stops the test because a component it needs is not available:
+// t.Fatalf in CI, t.Skipf otherwise.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("missing component (CI=true, so this fails): %s", msg)
+	}
+	t.Skipf("skipping: %s; run `make tools`", msg)
+}
+
+// RequireIntegration skips the test under `go test -short`. Every Start*
+// function calls it, so rig-based tests never run in short mode.
+func RequireIntegration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: skipped with -short")
+	}
+}
+
+// Tool returns the path of the named binary in ToolsDir()/bin, or stops the
+// test through Missing.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(ToolsDir(), "bin", name)
+	if isExecutable(p) {
+		return p
+	}
+	Missing(t, "tool %q not found at %s", name, p)
+	return ""
+}
+
+// CRDDir is the directory with the VolumeSnapshot CRD manifests.
+func CRDDir(t testing.TB) string {
+	t.Helper()
+	d := filepath.Join(ToolsDir(), "crds")
+	m, _ := filepath.Glob(filepath.Join(d, "*.yaml"))
+	if len(m) == 0 {
+		Missing(t, "VolumeSnapshot CRDs not found in %s", d)
+	}
+	return d
+}
+
+// systemBinary finds a binary installed on the system (PATH, then the given
+// extra directories), or stops the test through Missing with the hint.
+func systemBinary(t testing.TB, name, hint string, dirs ...string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, d := range append(dirs, "/usr/local/bin", "/usr/local/sbin", "/usr/sbin", "/usr/bin", "/sbin") {
+		m, _ := filepath.Glob(filepath.Join(d, name))
+		for _, p := range m {
+			if isExecutable(p) {
+				return p
+			}
+		}
+	}
+	Missing(t, "%s not found (%s)", name, hint)
+	return ""
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
