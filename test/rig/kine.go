@@ -42,6 +42,11 @@ func StartKine(t testing.TB, dsn string) *Kine {
 			"--metrics-bind-address", k.MetricsAddr,
 		},
 	})
+	// Wait for the port first: a gRPC client that dialed too early backs off
+	// for a second before it retries.
+	WaitReady(t, 60*time.Second, "kine listening", func(ctx context.Context) error {
+		return dialOK(ctx, "127.0.0.1", port)
+	}, k.Process)
 	cli := EtcdClient(t, k.Endpoint, nil)
 	WaitReady(t, 60*time.Second, "kine etcd API", func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -3,10 +3,22 @@
 // the CSI snapshot sidecars and a test CSI driver as child processes bound to
 // 127.0.0.1 on free ports, each stopped by its PID when the test ends.
 //
-// Binaries come from the tools cache built by `make tools`
-// (${VCSNAP_TOOLS_DIR:-$HOME/.cache/vcsnap-tools}/bin). A missing component
-// skips the test locally and fails it when CI=true: in CI a component that
-// is not there is a broken pipeline, never a reason to pass.
+// Building blocks: StartEtcd, StartKine, StartPostgres, StartMariaDB,
+// StartMinIO, StartAPIServer, StartCSIDriver. Compositions: StartDatastore
+// (an empty datastore of a kind), StartVirtual (a virtual cluster's control
+// plane: datastore + apiserver) and StartHost (a host cluster with working
+// CSI provisioning and VolumeSnapshots). FillRealistic, DumpAll and DiffDumps
+// fill a cluster through its API and compare its content before and after.
+//
+// Environment:
+//   - VCSNAP_TOOLS_DIR: the tools cache built by `make tools`
+//     (default $HOME/.cache/vcsnap-tools; binaries in bin/, CRDs in crds/).
+//   - CI=true: a missing component fails the test instead of skipping it.
+//   - VCSNAP_RIG_LOG_DIR: keep every process log under this directory
+//     (<dir>/<test name>/<process>.log); by default logs live in the test's
+//     temp dir and the last lines of each are printed when a test fails.
+//
+// Every Start* function skips under `go test -short`.
 package rig
 
 import (
@@ -14,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -99,3 +112,19 @@ func isExecutable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
+
+// CleanupBuilds removes binaries the rig built for this test process (the
+// test CSI driver). Call it from TestMain after m.Run.
+func CleanupBuilds() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	for _, d := range buildDirs {
+		_ = os.RemoveAll(d)
+	}
+	buildDirs = nil
+}
+
+var (
+	buildMu   sync.Mutex
+	buildDirs []string
+)

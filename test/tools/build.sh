@@ -144,7 +144,7 @@ minio_ldflags() {
   local commit="${MINIO_VERSION##*-}"
   local d="${ts:0:4}-${ts:4:2}-${ts:6:2}" t="${ts:8:2}:${ts:10:2}:${ts:12:2}"
   local p=github.com/minio/minio/cmd
-  echo "-s -w -X $p.Version=${d}T${t}Z -X $p.ReleaseTag=DEVELOPMENT.${d}T${t//:/-}Z -X $p.CommitID=$commit -X $p.ShortCommitID=$commit"
+  echo "-s -w -X $p.Version=${d}T${t}Z -X $p.CopyrightYear=${ts:0:4} -X $p.ReleaseTag=DEVELOPMENT.${d}T${t//:/-}Z -X $p.CommitID=$commit -X $p.ShortCommitID=$commit"
 }
 
 # build_tool TOOL OUT: builds TOOL into the file OUT.
