@@ -126,10 +126,11 @@ type Manifest struct {
 
 // Meta is the first record of the body. Unlike the manifest it is inside the compressed
 // (and, when configured, encrypted) body, so it may carry values that can hold secrets.
+// The revision is not here: it is pinned during the read, after Meta is written, and
+// the end record and manifest carry it.
 type Meta struct {
-	Source   Source            `json:"source"`
-	Revision int64             `json:"revision"`
-	Extra    map[string]string `json:"extra,omitempty"`
+	Source Source            `json:"source"`
+	Extra  map[string]string `json:"extra,omitempty"`
 }
 
 // KeyValue is one live key as stored in the datastore.

@@ -400,7 +400,6 @@ func (r *Reader) finish() error {
 	return io.EOF
 }
 
-
 type trailer struct {
 	manifestLen uint32
 	manifestCRC uint32

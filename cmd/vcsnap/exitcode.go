@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/storage"
+)
+
+// Exit codes, documented in README.md. This is the only place errors become exit codes.
+const (
+	exitOK          = 0
+	exitFailure     = 1   // anything not listed below
+	exitUsage       = 2   // bad flags or arguments
+	exitCorrupt     = 3   // the bundle failed verification: corrupt, truncated, incomplete
+	exitNotFound    = 4   // the bundle or object does not exist
+	exitRefused     = 5   // refused to overwrite: non-empty target, existing bundle, revision gap
+	exitUnsupported = 6   // a newer bundle format, or not a vcsnap bundle at all
+	exitUnavailable = 7   // the datastore could not be reached
+	exitInterrupted = 130 // cancelled by Ctrl-C or SIGTERM
+)
+
+// usageError marks errors in how the command was called.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+func exitCode(err error) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete):
+		return exitCorrupt
+	case errors.Is(err, storage.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap):
+		return exitRefused
+	case errors.Is(err, bundle.ErrUnsupportedVersion), errors.Is(err, bundle.ErrNotBundle), errors.Is(err, bundle.ErrEncrypted):
+		return exitUnsupported
+	case errors.Is(err, datastore.ErrUnavailable):
+		return exitUnavailable
+	}
+	return exitFailure
+}

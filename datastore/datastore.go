@@ -1,0 +1,88 @@
+// Package datastore defines how vcsnap reads a consistent view of a virtual cluster's
+// datastore and writes one back, whatever the kind of datastore.
+package datastore
+
+import (
+	"context"
+	"errors"
+
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+)
+
+// Errors that callers map to exit codes.
+var (
+	// ErrTargetNotEmpty means a restore target holds data and --force was not given.
+	ErrTargetNotEmpty = errors.New("target datastore is not empty")
+	// ErrUnavailable means the datastore could not be reached.
+	ErrUnavailable = errors.New("datastore unavailable")
+	// ErrCompacted means the pinned revision was compacted away during a read.
+	ErrCompacted = errors.New("revision compacted during the read")
+	// ErrRevisionGap means the target cannot be moved past the snapshot's revision cheaply.
+	ErrRevisionGap = errors.New("target revision cannot be raised far enough")
+)
+
+// Emitter receives what a Source reads. The KeyValue and its slices are only valid
+// during the call.
+type Emitter interface {
+	// Lease is called once per lease, before the first key that refers to it.
+	Lease(bundle.Lease) error
+	// Put is called for every live key, in ascending key order.
+	Put(*bundle.KeyValue) error
+}
+
+// Source reads one consistent view of a datastore.
+type Source interface {
+	// Kind names the datastore kind recorded in bundles, such as "etcd" or "kine-sqlite".
+	Kind() string
+	// Count returns the number of live keys now, for progress; -1 if unknown.
+	Count(ctx context.Context) (int64, error)
+	// Read emits every live key at one revision and returns that revision.
+	Read(ctx context.Context, emit Emitter) (int64, error)
+	Close() error
+}
+
+// PrepareOptions say what is about to be restored into a target.
+type PrepareOptions struct {
+	// Force allows a non-empty target; its keys are removed before writing.
+	Force bool
+	// SnapshotRevision is the revision of the bundle being restored.
+	SnapshotRevision int64
+	// Keys is how many keys the bundle holds.
+	Keys int64
+	// BumpRevision is how far past max(snapshot revision, target revision) the target's
+	// revision ends, so clients that saw revisions after the snapshot was taken still
+	// see the store move forward.
+	BumpRevision int64
+}
+
+// TargetState describes a target before the restore.
+type TargetState struct {
+	Revision int64 // current revision
+	Keys     int64 // live keys
+}
+
+// Target is a datastore being restored into. The restore calls Prepare, then Lease and
+// Put for every record, then Commit; on any failure it calls Abort.
+type Target interface {
+	Kind() string
+	// Prepare inspects the target and refuses it (ErrTargetNotEmpty, ErrRevisionGap)
+	// before anything is written.
+	Prepare(ctx context.Context, opts PrepareOptions) (TargetState, error)
+	// Begin starts writing: with Force it removes the target's existing keys first.
+	Begin(ctx context.Context) error
+	Lease(ctx context.Context, l bundle.Lease) error
+	Put(ctx context.Context, kv *bundle.KeyValue) error
+	// Commit flushes every write, raises the revision above the snapshot's and the
+	// target's previous revision, compacts, and returns the final revision.
+	Commit(ctx context.Context) (int64, error)
+	// Abort undoes what was written, leaving the target empty.
+	Abort(ctx context.Context) error
+	Close() error
+}
+
+// IsBookkeeping reports keys that are a datastore's own bookkeeping rather than data:
+// kine's and the apiserver's compaction markers. They are never captured or restored.
+func IsBookkeeping(key []byte) bool {
+	s := string(key)
+	return s == "compact_rev_key" || s == "compact_rev_key_apiserver" || (len(s) > 4 && s[:4] == "gap-")
+}

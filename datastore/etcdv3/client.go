@@ -1,0 +1,144 @@
+// Package etcdv3 reads and writes datastores through the etcd v3 API: etcd itself, and
+// kine's etcd endpoint (TCP or its unix socket).
+package etcdv3
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/vcsnap/vcsnap/datastore"
+)
+
+// Config says how to reach an etcd v3 endpoint.
+type Config struct {
+	Endpoints []string
+	TLS       *tls.Config
+	// Prefix limits reads and wipes to keys under it; empty means every key.
+	Prefix string
+}
+
+// ParseURL turns etcd://h:p[,h2:p2], etcds://h:p?cacert=&cert=&key=[&insecure-skip-tls-verify=true]
+// or unix:///path/kine.sock into a Config.
+func ParseURL(raw string) (Config, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Config{}, fmt.Errorf("datastore URL: %w", err)
+	}
+	var c Config
+	q := u.Query()
+	switch u.Scheme {
+	case "etcd", "etcds":
+		if u.Host == "" {
+			return c, fmt.Errorf("datastore URL %q has no host: write %s://host:port", raw, u.Scheme)
+		}
+		scheme := "http"
+		if u.Scheme == "etcds" {
+			scheme = "https"
+			if c.TLS, err = tlsConfig(q); err != nil {
+				return c, err
+			}
+		}
+		for _, h := range strings.Split(u.Host, ",") {
+			c.Endpoints = append(c.Endpoints, scheme+"://"+h)
+		}
+	case "unix":
+		if u.Path == "" {
+			return c, fmt.Errorf("datastore URL %q has no socket path: write unix:///path/kine.sock", raw)
+		}
+		c.Endpoints = []string{"unix://" + u.Path}
+	default:
+		return c, fmt.Errorf("not an etcd v3 URL: %q", raw)
+	}
+	c.Prefix = q.Get("prefix")
+	for k := range q {
+		switch k {
+		case "cacert", "cert", "key", "insecure-skip-tls-verify", "prefix":
+		default:
+			return c, fmt.Errorf("unknown datastore URL option %q (known: cacert, cert, key, insecure-skip-tls-verify, prefix)", k)
+		}
+	}
+	return c, nil
+}
+
+func tlsConfig(q url.Values) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca := q.Get("cacert"); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("read CA certificate: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificate found in %s", ca)
+		}
+	}
+	cert, key := q.Get("cert"), q.Get("key")
+	if (cert == "") != (key == "") {
+		return nil, errors.New("etcds URL: give both cert= and key=, or neither")
+	}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	if v := q.Get("insecure-skip-tls-verify"); v != "" {
+		skip, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("insecure-skip-tls-verify=%q: want true or false", v)
+		}
+		if skip {
+			slog.Warn("TLS certificate verification of the datastore is disabled (insecure-skip-tls-verify=true)")
+		}
+		tc.InsecureSkipVerify = skip
+	}
+	return tc, nil
+}
+
+// dial connects and checks the endpoint answers, so a wrong address fails fast and clearly.
+// It also tells kine from etcd: kine reports no member ID.
+func dial(ctx context.Context, c Config) (cli *clientv3.Client, kine bool, err error) {
+	cli, err = clientv3.New(clientv3.Config{
+		Endpoints:          c.Endpoints,
+		TLS:                c.TLS,
+		DialTimeout:        10 * time.Second,
+		MaxCallSendMsgSize: 64 << 20,
+		MaxCallRecvMsgSize: 256 << 20,
+		Logger:             zap.NewNop(),
+		DialOptions:        []grpc.DialOption{grpc.WithBlock()},
+		Context:            ctx,
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: connect to %s: %v", datastore.ErrUnavailable, strings.Join(c.Endpoints, ","), err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := cli.Status(sctx, c.Endpoints[0])
+	if err != nil {
+		cli.Close()
+		return nil, false, fmt.Errorf("%w: %s does not answer: %v", datastore.ErrUnavailable, c.Endpoints[0], err)
+	}
+	return cli, st.Header.GetMemberId() == 0, nil
+}
+
+// prefixRange returns the key range for a prefix: every key when empty.
+func prefixRange(prefix string) (start, end string) {
+	if prefix == "" {
+		return "\x00", "\x00"
+	}
+	return prefix, clientv3.GetPrefixRangeEnd(prefix)
+}

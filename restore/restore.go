@@ -1,0 +1,129 @@
+// Package restore writes a bundle back into a datastore.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/storage"
+)
+
+// DefaultBumpRevision is how far past max(snapshot revision, target revision) a restored
+// store's revision ends, for clients that saw revisions after the snapshot was taken.
+const DefaultBumpRevision = 10_000
+
+// Options configure Restore.
+type Options struct {
+	// Store is the bundle's URL.
+	Store string
+	// Datastore is the target URL.
+	Datastore        string
+	DatastoreOptions open.Options
+	// Force replaces a non-empty target's keys.
+	Force bool
+	// BumpRevision overrides DefaultBumpRevision.
+	BumpRevision int64
+	Progress     snapshot.ProgressFunc
+}
+
+// Result describes a finished restore.
+type Result struct {
+	URL              string           `json:"url"`
+	Manifest         *bundle.Manifest `json:"manifest"`
+	PreviousRevision int64            `json:"previousRevision"`
+	PreviousKeys     int64            `json:"previousKeys"`
+	Revision         int64            `json:"revision"`
+	Duration         time.Duration    `json:"duration"`
+}
+
+// Restore verifies the whole bundle first, so a corrupt, truncated, foreign or too-new
+// bundle is refused before the target is touched; then it streams the bundle into the
+// target (verifying again as it reads) and commits. If anything fails after writing has
+// begun, the target is emptied again rather than left half-restored.
+func Restore(ctx context.Context, o Options) (*Result, error) {
+	start := time.Now()
+	loc, err := storage.Open(ctx, o.Store)
+	if err != nil {
+		return nil, err
+	}
+	m, _, err := snapshot.Scan(ctx, loc, progressPhase(o.Progress, "verify"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
+	}
+	if m.Kind != bundle.KindFull {
+		return nil, fmt.Errorf("%s is a %s bundle; restore needs a full bundle", loc.Store.URL(loc.Name), m.Kind)
+	}
+	if m.Partial {
+		slog.Warn("the bundle is marked partial: some volumes were not captured", "bundle", loc.Store.URL(loc.Name))
+	}
+	target, err := open.Target(ctx, o.Datastore, o.DatastoreOptions)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	bump := o.BumpRevision
+	if bump == 0 {
+		bump = DefaultBumpRevision
+	}
+	state, err := target.Prepare(ctx, datastore.PrepareOptions{Force: o.Force, SnapshotRevision: m.Revision, Keys: m.Keys, BumpRevision: bump})
+	if err != nil {
+		return nil, err
+	}
+	if o.Force && state.Keys > 0 {
+		slog.Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
+	}
+	if err := target.Begin(ctx); err != nil {
+		return nil, abort(ctx, target, err)
+	}
+	var keys, bytes int64
+	apply := func(rec *bundle.Record) error {
+		switch rec.Type {
+		case bundle.RecordLease:
+			return target.Lease(ctx, rec.Lease)
+		case bundle.RecordPut:
+			keys++
+			bytes += int64(len(rec.KV.Value))
+			if o.Progress != nil && keys%1024 == 0 {
+				o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
+			}
+			return target.Put(ctx, &rec.KV)
+		}
+		return nil
+	}
+	if _, _, err := snapshot.Scan(ctx, loc, nil, apply); err != nil {
+		return nil, abort(ctx, target, err)
+	}
+	rev, err := target.Commit(ctx)
+	if err != nil {
+		return nil, abort(ctx, target, err)
+	}
+	if o.Progress != nil {
+		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
+	}
+	return &Result{URL: loc.Store.URL(loc.Name), Manifest: m, PreviousRevision: state.Revision, PreviousKeys: state.Keys,
+		Revision: rev, Duration: time.Since(start)}, nil
+}
+
+func abort(ctx context.Context, t datastore.Target, cause error) error {
+	if err := t.Abort(ctx); err != nil {
+		return fmt.Errorf("%w (and emptying the partly restored target failed too: %v; it must be emptied before the next attempt)", cause, err)
+	}
+	if errors.Is(cause, context.Canceled) {
+		return fmt.Errorf("restore cancelled; the target was emptied again: %w", cause)
+	}
+	return fmt.Errorf("restore failed; the target was emptied again: %w", cause)
+}
+
+func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc {
+	if f == nil {
+		return nil
+	}
+	return func(p snapshot.Progress) { p.Phase = phase; f(p) }
+}

@@ -1,0 +1,320 @@
+package restore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/restore"
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/test/embedetcd"
+)
+
+func startEtcd(t *testing.T) (*embedetcd.Etcd, *clientv3.Client) {
+	t.Helper()
+	e, err := embedetcd.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second,
+		Logger: zap.NewNop(), MaxCallSendMsgSize: 16 << 20, MaxCallRecvMsgSize: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return e, cli
+}
+
+type keyState struct {
+	value []byte
+	ttl   int64 // remaining TTL of its lease, 0 without one
+	lease clientv3.LeaseID
+}
+
+// dump reads every key with its lease's remaining TTL.
+func dump(t *testing.T, cli *clientv3.Client) map[string]keyState {
+	t.Helper()
+	ctx := context.Background()
+	resp, err := cli.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]keyState{}
+	for _, kv := range resp.Kvs {
+		ks := keyState{value: kv.Value, lease: clientv3.LeaseID(kv.Lease)}
+		if kv.Lease != 0 {
+			ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ks.ttl = ttl.TTL
+		}
+		out[string(kv.Key)] = ks
+	}
+	return out
+}
+
+// fillRandom writes a random key set with history: binary, empty and 1 MiB values, keys
+// under leases, updates and deletes.
+func fillRandom(t *testing.T, cli *clientv3.Client, seed int64, n int) {
+	t.Helper()
+	ctx := context.Background()
+	rng := rand.New(rand.NewSource(seed))
+	var leases []clientv3.LeaseID
+	for _, ttl := range []int64{30, 600, 3600} {
+		l, err := cli.Grant(ctx, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l.ID)
+	}
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("/registry/%s/ns-%d/obj-%05d", []string{"pods", "configmaps", "secrets", "events"}[i%4], i%7, i)
+		var val []byte
+		switch {
+		case i%97 == 0:
+			val = []byte{}
+		case i == 5 && n > 100:
+			val = make([]byte, 1<<20)
+			rng.Read(val)
+		default:
+			val = make([]byte, rng.Intn(4000))
+			rng.Read(val)
+		}
+		var opts []clientv3.OpOption
+		if i%4 == 3 {
+			opts = append(opts, clientv3.WithLease(leases[i%len(leases)]))
+		}
+		if _, err := cli.Put(ctx, key, string(val), opts...); err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 0 { // history: update, and sometimes delete
+			if _, err := cli.Put(ctx, key, string(val)+"v2", opts...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%31 == 0 {
+			if _, err := cli.Delete(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Keys outside /registry and binary key bytes are data too.
+	if _, err := cli.Put(ctx, "\x01binary\xffkey", "x"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRoundTripRandomKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	ctx := context.Background()
+	for _, seed := range []int64{1, 2} {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			src, srcCli := startEtcd(t)
+			fillRandom(t, srcCli, seed, 600)
+			want := dump(t, srcCli)
+			url := "file://" + filepath.Join(t.TempDir(), "snap")
+			res, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: src.URL, Store: url, Tool: "test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			srcRev := res.Manifest.Revision
+			dst, dstCli := startEtcd(t)
+			rr, err := restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := dump(t, dstCli)
+			assertSameKeys(t, want, got)
+			if rr.Revision <= srcRev+restore.DefaultBumpRevision-1 {
+				t.Fatalf("target revision %d not above source revision %d + bump", rr.Revision, srcRev)
+			}
+			// Old revisions are compacted: a watcher from before the restore must re-list.
+			if _, err := dstCli.Get(ctx, "/registry", clientv3.WithRev(rr.Revision-1)); !errors.Is(err, rpctypes.ErrCompacted) {
+				t.Fatalf("read below the final revision: %v, want ErrCompacted", err)
+			}
+		})
+	}
+}
+
+func assertSameKeys(t *testing.T, want, got map[string]keyState) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("got %d keys, want %d", len(got), len(want))
+	}
+	srcToDst := map[clientv3.LeaseID]clientv3.LeaseID{}
+	for k, w := range want {
+		g, ok := got[k]
+		if !ok {
+			t.Fatalf("key %q missing", k)
+		}
+		if !bytes.Equal(g.value, w.value) {
+			t.Fatalf("key %q: value differs (%d vs %d bytes)", k, len(g.value), len(w.value))
+		}
+		if (w.lease == 0) != (g.lease == 0) {
+			t.Fatalf("key %q: lease %v, want %v", k, g.lease, w.lease)
+		}
+		if w.lease != 0 {
+			if d := g.ttl - w.ttl; d > 1 || d < -1 {
+				t.Fatalf("key %q: lease TTL %d, want %d within a second", k, g.ttl, w.ttl)
+			}
+			// Keys sharing a lease in the source share one in the target.
+			if prev, ok := srcToDst[w.lease]; ok && prev != g.lease {
+				t.Fatalf("key %q: lease sharing not kept", k)
+			}
+			srcToDst[w.lease] = g.lease
+		}
+	}
+}
+
+// Every single-byte change and every truncation of a committed bundle is refused by
+// verify and by restore, and the restore target is not touched.
+func TestCorruptBundlesRefusedTargetUntouched(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	ctx := context.Background()
+	src, srcCli := startEtcd(t)
+	// Small on purpose: every byte of the bundle is flipped and every length tried.
+	lease, err := srcCli.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range []string{"", "k8s\x00\x01pod", "value with some text", "k8s:enc:aescbc:v1:key1:xx"} {
+		if _, err := srcCli.Put(ctx, fmt.Sprintf("/registry/x/%d", i), v, clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	if _, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: src.URL, Store: "file://" + good}); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, dstCli := startEtcd(t)
+	if _, err := dstCli.Put(ctx, "/registry/sentinel", "untouched"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := dstCli.Get(ctx, "/registry/sentinel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad")
+	try := func(what string, b []byte) {
+		if err := os.WriteFile(bad, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := snapshot.Verify(ctx, "file://"+bad, nil); err == nil {
+			t.Fatalf("verify accepted %s", what)
+		}
+		// --force would replace the target: refusing must happen before that.
+		_, err := restore.Restore(ctx, restore.Options{Store: "file://" + bad, Datastore: dst.URL, Force: true})
+		if err == nil {
+			t.Fatalf("restore accepted %s", what)
+		}
+		if !errors.Is(err, bundle.ErrCorrupt) && !errors.Is(err, bundle.ErrIncomplete) && !errors.Is(err, bundle.ErrNotBundle) &&
+			!errors.Is(err, bundle.ErrUnsupportedVersion) {
+			t.Fatalf("%s: unexpected error kind: %v", what, err)
+		}
+	}
+	for i := range data {
+		b := bytes.Clone(data)
+		b[i] ^= 0xff
+		try(fmt.Sprintf("a flip at byte %d", i), b)
+	}
+	for n := 1; n < len(data); n++ {
+		try(fmt.Sprintf("a truncation to %d bytes", n), data[:n])
+	}
+	after, err := dstCli.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Header.Revision != before.Header.Revision || len(after.Kvs) != 1 || string(after.Kvs[0].Value) != "untouched" {
+		t.Fatalf("target changed: revision %d -> %d, %d keys", before.Header.Revision, after.Header.Revision, len(after.Kvs))
+	}
+	t.Logf("%d flips and %d truncations of a %d-byte bundle refused", len(data), len(data)-1, len(data))
+}
+
+func TestNonEmptyTargetNeedsForce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	ctx := context.Background()
+	src, srcCli := startEtcd(t)
+	fillRandom(t, srcCli, 4, 50)
+	want := dump(t, srcCli)
+	url := "file://" + filepath.Join(t.TempDir(), "snap")
+	if _, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: src.URL, Store: url}); err != nil {
+		t.Fatal(err)
+	}
+	dst, dstCli := startEtcd(t)
+	// A target far ahead of the snapshot: its revision must still only move forward.
+	for i := 0; i < 300; i++ {
+		if _, err := dstCli.Put(ctx, "/registry/old/key", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := dstCli.Put(ctx, "/registry/old/other", "x"); err != nil {
+		t.Fatal(err)
+	}
+	prev, _ := dstCli.Get(ctx, "/")
+	_, err := restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL})
+	if !errors.Is(err, datastore.ErrTargetNotEmpty) {
+		t.Fatalf("restore into a non-empty target: %v, want ErrTargetNotEmpty", err)
+	}
+	res, err := restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL, Force: true, BumpRevision: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSameKeys(t, want, dump(t, dstCli))
+	if res.Revision <= prev.Header.Revision+50-1 || res.PreviousKeys != 2 {
+		t.Fatalf("revision %d after restore, target was at %d with %d keys", res.Revision, prev.Header.Revision, res.PreviousKeys)
+	}
+}
+
+// A gap that would need more revision-raising writes than allowed is refused up front.
+func TestRevisionGapRefusedBeforeWriting(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	ctx := context.Background()
+	src, srcCli := startEtcd(t)
+	fillRandom(t, srcCli, 5, 20)
+	url := "file://" + filepath.Join(t.TempDir(), "snap")
+	if _, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: src.URL, Store: url}); err != nil {
+		t.Fatal(err)
+	}
+	dst, dstCli := startEtcd(t)
+	_, err := restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL, BumpRevision: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst2, dst2Cli := startEtcd(t)
+	o := restore.Options{Store: url, Datastore: dst2.URL, BumpRevision: 5000}
+	o.DatastoreOptions.MaxRevisionWrites = 100
+	if _, err := restore.Restore(ctx, o); !errors.Is(err, datastore.ErrRevisionGap) {
+		t.Fatalf("got %v, want ErrRevisionGap", err)
+	}
+	if resp, _ := dst2Cli.Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly()); resp.Count != 0 {
+		t.Fatalf("target written to before the refusal: %d keys", resp.Count)
+	}
+	_ = dstCli
+}

@@ -1,0 +1,185 @@
+// Package snapshot creates, lists, describes, verifies and deletes vcsnap bundles.
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/storage"
+)
+
+// ErrExists means a bundle already exists at the URL and overwriting was not asked for.
+var ErrExists = errors.New("a bundle already exists at this URL")
+
+// Progress is reported while keys stream. TotalKeys is -1 when unknown.
+type Progress struct {
+	Phase     string
+	Keys      int64
+	TotalKeys int64
+	Bytes     int64
+}
+
+// ProgressFunc receives progress reports; it must return quickly.
+type ProgressFunc func(Progress)
+
+// CreateOptions configure Create.
+type CreateOptions struct {
+	// Datastore is the source URL (etcd://, etcds://, unix://).
+	Datastore string
+	// DatastoreOptions apply when opening the datastore.
+	DatastoreOptions open.Options
+	// Store is the bundle's URL (file:///path/name, s3://bucket/key).
+	Store string
+	// Overwrite replaces an existing bundle at Store.
+	Overwrite bool
+	// Source adds what is known about the virtual cluster to the bundle.
+	Source bundle.Source
+	// Extra goes into the bundle's encrypted-when-configured meta record.
+	Extra map[string]string
+	// Tool names this program and version in the bundle.
+	Tool     string
+	Progress ProgressFunc
+	// Attempts bounds retries when compaction overtakes a read; zero means 3.
+	Attempts int
+}
+
+// CreateResult describes a finished snapshot.
+type CreateResult struct {
+	URL      string           `json:"url"`
+	Manifest *bundle.Manifest `json:"manifest"`
+	Size     int64            `json:"size"`
+	Duration time.Duration    `json:"duration"`
+}
+
+// Create reads the datastore at one revision and streams it into a new bundle. The bundle
+// becomes visible only once complete; an error or cancellation leaves nothing visible.
+func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
+	start := time.Now()
+	loc, err := storage.Open(ctx, o.Store)
+	if err != nil {
+		return nil, err
+	}
+	if !o.Overwrite {
+		if _, err := loc.Store.Stat(ctx, loc.Name); err == nil {
+			return nil, fmt.Errorf("%w: %s (delete it first or pass --overwrite)", ErrExists, loc.Store.URL(loc.Name))
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return nil, err
+		}
+	}
+	src, err := open.Source(ctx, o.Datastore, o.DatastoreOptions)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	if o.Source.Datastore == "" {
+		o.Source.Datastore = src.Kind()
+	}
+	attempts := max(o.Attempts, 1)
+	if o.Attempts == 0 {
+		attempts = 3
+	}
+	for attempt := 1; ; attempt++ {
+		m, err := createOnce(ctx, src, loc, o)
+		if err == nil {
+			info, err := loc.Store.Stat(ctx, loc.Name)
+			if err != nil {
+				return nil, fmt.Errorf("the upload finished but the bundle cannot be seen: %w", err)
+			}
+			return &CreateResult{URL: loc.Store.URL(loc.Name), Manifest: m, Size: info.Size, Duration: time.Since(start)}, nil
+		}
+		if !errors.Is(err, datastore.ErrCompacted) || attempt >= attempts || ctx.Err() != nil {
+			return nil, err
+		}
+		slog.Warn("the datastore compacted past the snapshot's revision during the read; starting over at a newer revision",
+			"attempt", attempt, "error", err)
+	}
+}
+
+func createOnce(ctx context.Context, src datastore.Source, loc storage.Location, o CreateOptions) (*bundle.Manifest, error) {
+	total := int64(-1)
+	if o.Progress != nil {
+		if n, err := src.Count(ctx); err == nil {
+			total = n
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	type result struct {
+		m   *bundle.Manifest
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		m, err := writeBundle(ctx, src, pw, o, total)
+		pw.CloseWithError(err) // nil closes with EOF
+		done <- result{m, err}
+	}()
+	putErr := loc.Store.Put(ctx, loc.Name, pr)
+	pr.CloseWithError(errors.New("upload stopped"))
+	cancel()
+	res := <-done
+	if res.err != nil {
+		return nil, res.err // the reader's failure is the cause; Put failed because of it
+	}
+	if putErr != nil {
+		return nil, fmt.Errorf("store the bundle: %w", putErr)
+	}
+	return res.m, nil
+}
+
+// emitter writes what the source reads into the bundle.
+type emitter struct {
+	w        *bundle.Writer
+	progress ProgressFunc
+	total    int64
+	keys     int64
+	bytes    int64
+}
+
+func (e *emitter) Lease(l bundle.Lease) error { return e.w.WriteLease(l) }
+
+func (e *emitter) Put(kv *bundle.KeyValue) error {
+	if err := e.w.WritePut(kv); err != nil {
+		return err
+	}
+	e.keys++
+	e.bytes += int64(len(kv.Value))
+	if e.progress != nil && e.keys%1024 == 0 {
+		e.progress(Progress{Phase: "snapshot", Keys: e.keys, TotalKeys: e.total, Bytes: e.bytes})
+	}
+	return nil
+}
+
+func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o CreateOptions, total int64) (*bundle.Manifest, error) {
+	w, err := bundle.NewWriter(out, bundle.WriterOptions{Tool: o.Tool})
+	if err != nil {
+		return nil, err
+	}
+	// The revision is known only once the read pins it; the meta record carries the
+	// source, and the end record and manifest carry the revision.
+	if err := w.WriteMeta(&bundle.Meta{Source: o.Source, Extra: o.Extra}); err != nil {
+		return nil, err
+	}
+	e := &emitter{w: w, progress: o.Progress, total: total}
+	rev, err := src.Read(ctx, e)
+	if err != nil {
+		w.Abort()
+		return nil, err
+	}
+	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source})
+	if err != nil {
+		return nil, err
+	}
+	if o.Progress != nil {
+		o.Progress(Progress{Phase: "snapshot", Keys: e.keys, TotalKeys: e.keys, Bytes: e.bytes})
+	}
+	return m, nil
+}

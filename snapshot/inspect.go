@@ -1,0 +1,228 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/storage"
+)
+
+// Entry is one bundle found in a store, described from its manifest alone.
+type Entry struct {
+	URL      string           `json:"url"`
+	Name     string           `json:"name"`
+	Size     int64            `json:"size"`
+	Modified time.Time        `json:"modified"`
+	Manifest *bundle.Manifest `json:"manifest,omitempty"`
+	// Problem is set when the object looks like a bundle but cannot be used: incomplete,
+	// corrupt, or of a newer format.
+	Problem string `json:"problem,omitempty"`
+	err     error
+}
+
+// Err returns why the entry is not usable, or nil.
+func (e *Entry) Err() error { return e.err }
+
+// Describe reads a bundle's manifest by fetching only the end of the object.
+func Describe(ctx context.Context, url string) (*Entry, error) {
+	loc, err := storage.Open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	info, err := loc.Store.Stat(ctx, loc.Name)
+	if err != nil {
+		return nil, err
+	}
+	e := describe(ctx, loc.Store, info)
+	if e == nil {
+		return nil, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), bundle.ErrNotBundle)
+	}
+	return e, e.err
+}
+
+// describe returns nil for objects that are not vcsnap bundles at all.
+func describe(ctx context.Context, s storage.Store, info storage.ObjectInfo) *Entry {
+	e := &Entry{URL: s.URL(info.Name), Name: info.Name, Size: info.Size, Modified: info.Modified}
+	m, err := readTail(ctx, s, info)
+	if err == nil {
+		e.Manifest = m
+		return e
+	}
+	if !isBundleHead(ctx, s, info.Name) {
+		return nil
+	}
+	e.err, e.Problem = err, err.Error()
+	return e
+}
+
+func readTail(ctx context.Context, s storage.Store, info storage.ObjectInfo) (*bundle.Manifest, error) {
+	want := min(info.Size, bundle.TailSize)
+	for {
+		tail, err := readRange(ctx, s, info.Name, info.Size-want, want)
+		if err != nil {
+			return nil, err
+		}
+		m, need, err := bundle.ParseTail(tail, info.Size)
+		if err != nil || need == 0 {
+			return m, err
+		}
+		if int64(need) <= want {
+			return nil, fmt.Errorf("%w: manifest does not fit its trailer", bundle.ErrCorrupt)
+		}
+		want = int64(need)
+	}
+}
+
+func readRange(ctx context.Context, s storage.Store, name string, off, n int64) ([]byte, error) {
+	rc, err := s.GetRange(ctx, name, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, fmt.Errorf("read %s: %w", s.URL(name), err)
+	}
+	return buf, nil
+}
+
+var bundleMagic = []byte("\x89VCSNAP\n")
+
+func isBundleHead(ctx context.Context, s storage.Store, name string) bool {
+	head, err := readRange(ctx, s, name, 0, int64(len(bundleMagic)))
+	return err == nil && bytes.Equal(head, bundleMagic)
+}
+
+// List describes every bundle under a store URL prefix, reading only manifests. Objects
+// that are not vcsnap bundles are left out; uploads in progress are never visible.
+func List(ctx context.Context, prefixURL string) ([]*Entry, error) {
+	loc, err := storage.Open(ctx, prefixURL)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := loc.Store.List(ctx, loc.Name)
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]*Entry, len(objs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, obj := range objs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			entries[i] = describe(ctx, loc.Store, obj)
+		}()
+	}
+	wg.Wait()
+	out := entries[:0]
+	for _, e := range entries {
+		if e != nil {
+			out = append(out, e)
+		}
+	}
+	return out, ctx.Err()
+}
+
+// VerifyResult is what a full verification found.
+type VerifyResult struct {
+	URL      string           `json:"url"`
+	Manifest *bundle.Manifest `json:"manifest"`
+	Bytes    int64            `json:"bytes"`
+	Duration time.Duration    `json:"duration"`
+}
+
+// Verify reads a whole bundle and checks every chunk checksum, every record, the counts
+// and the sha256 over all bytes.
+func Verify(ctx context.Context, url string, progress ProgressFunc) (*VerifyResult, error) {
+	start := time.Now()
+	loc, err := storage.Open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	m, size, err := Scan(ctx, loc, progress, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &VerifyResult{URL: loc.Store.URL(loc.Name), Manifest: m, Bytes: size, Duration: time.Since(start)}, nil
+}
+
+// Scan streams a bundle through the verifying reader, calling fn for each record when fn
+// is not nil. It fails before reading the body when the tail says the bundle is
+// incomplete or of a newer format.
+func Scan(ctx context.Context, loc storage.Location, progress ProgressFunc, fn func(*bundle.Record) error) (*bundle.Manifest, int64, error) {
+	info, err := loc.Store.Stat(ctx, loc.Name)
+	if err != nil {
+		return nil, 0, err
+	}
+	tm, err := readTail(ctx, loc.Store, info)
+	if err != nil {
+		if !isBundleHead(ctx, loc.Store, info.Name) && !errors.Is(err, bundle.ErrUnsupportedVersion) {
+			return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), bundle.ErrNotBundle)
+		}
+		return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), err)
+	}
+	rc, err := loc.Store.Get(ctx, loc.Name)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rc.Close()
+	r, err := bundle.NewReader(rc, bundle.ReaderOptions{})
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), err)
+	}
+	defer r.Close()
+	var keys, bytes int64
+	for {
+		rec, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), err)
+		}
+		if fn != nil {
+			if err := fn(rec); err != nil {
+				return nil, 0, err
+			}
+		}
+		if rec.Type == bundle.RecordPut {
+			keys++
+			bytes += int64(len(rec.KV.Value))
+			if progress != nil && keys%1024 == 0 {
+				progress(Progress{Phase: "verify", Keys: keys, TotalKeys: tm.Keys, Bytes: bytes})
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+	}
+	m := r.Manifest()
+	if m.Revision != tm.Revision || m.Keys != tm.Keys || m.BodyBytes != tm.BodyBytes {
+		return nil, 0, fmt.Errorf("%s: %w: the object changed while it was read", loc.Store.URL(loc.Name), bundle.ErrCorrupt)
+	}
+	return m, info.Size, nil
+}
+
+// Delete removes a bundle, refusing objects that are not vcsnap bundles.
+func Delete(ctx context.Context, url string) error {
+	loc, err := storage.Open(ctx, url)
+	if err != nil {
+		return err
+	}
+	if _, err := loc.Store.Stat(ctx, loc.Name); err != nil {
+		return err
+	}
+	if !isBundleHead(ctx, loc.Store, loc.Name) {
+		return fmt.Errorf("%s: %w; refusing to delete it", loc.Store.URL(loc.Name), bundle.ErrNotBundle)
+	}
+	return loc.Store.Delete(ctx, loc.Name)
+}
