@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // Etcd is a running single-member etcd.
@@ -26,6 +27,7 @@ func Start(dir string) (*Etcd, error) {
 	cfg.Name = "default"
 	cfg.Dir = dir
 	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // shutdown noise is not news
 	cfg.UnsafeNoFsync = true // tests and the demo do not need durability
 	cfg.QuotaBackendBytes = 8 << 30
 	var ports [2]int
