@@ -6,7 +6,7 @@ GO      ?= go
 # Test timeout per package; the whole run stays well under CI's limit.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: build demo test test-short setup tools vet fmt fuzz clean
+.PHONY: build demo test test-short setup tools vet fmt fuzz clean bench
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vcsnap ./cmd/vcsnap
@@ -40,3 +40,8 @@ fuzz:
 
 clean:
 	rm -rf bin out
+
+# Benchmarks against the peers' methods on the same data; results in test/bench/results/.
+BENCH_KEYS ?= 10000,100000
+bench: setup
+	VCSNAP_BENCH=1 VCSNAP_BENCH_KEYS=$(BENCH_KEYS) $(GO) test -count=1 -timeout 120m -run TestBenchmarks -v ./test/bench/ | grep -v '^=== '

@@ -16,8 +16,10 @@ import (
 )
 
 // DefaultBumpRevision is how far past max(snapshot revision, target revision) a restored
-// store's revision ends, for clients that saw revisions after the snapshot was taken.
-const DefaultBumpRevision = 10_000
+// store's revision ends, for clients that saw revisions after the snapshot was taken (the
+// value vcluster uses). On an etcd-API target each of these revisions costs one write;
+// the compaction at the final revision is what makes every older watcher re-list.
+const DefaultBumpRevision = 1_000
 
 // Options configure Restore.
 type Options struct {
