@@ -365,17 +365,24 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		}
 		n, err := r.body.Read(p)
 		r.off += int64(n)
-		if err == nil || errors.Is(err, io.EOF) || n > 0 {
-			if errors.Is(err, io.EOF) && r.end >= 0 && r.off < r.end {
+		if err == nil {
+			return n, nil
+		}
+		if errors.Is(err, io.EOF) {
+			if r.end >= 0 && r.off < r.end {
 				err = io.ErrUnexpectedEOF // the object is shorter than asked: not a dropped link
 			}
 			return n, err
 		}
+		// A dropped connection: resume from r.off on this call or the next.
+		r.body.Close()
+		r.body = nil
+		if n > 0 {
+			return n, nil
+		}
 		if r.ctx.Err() != nil || r.resumes >= maxResumes {
 			return 0, fmt.Errorf("read %s at byte %d: %w", r.s.URL(r.name), r.off, err)
 		}
-		r.body.Close()
-		r.body = nil
 		r.resumes++
 		slog.Debug("resuming download", "object", r.s.URL(r.name), "offset", r.off, "error", err)
 		select {
