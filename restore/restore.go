@@ -32,6 +32,9 @@ type Options struct {
 	Force bool
 	// BumpRevision overrides DefaultBumpRevision.
 	BumpRevision int64
+	// SafetyBackup, when set, is where a non-empty target's keys are saved before Force
+	// replaces them, so an interrupted or mistaken restore can be undone.
+	SafetyBackup string
 	Progress     snapshot.ProgressFunc
 }
 
@@ -41,6 +44,7 @@ type Result struct {
 	Manifest         *bundle.Manifest `json:"manifest"`
 	PreviousRevision int64            `json:"previousRevision"`
 	PreviousKeys     int64            `json:"previousKeys"`
+	SafetyBackup     string           `json:"safetyBackup,omitempty"`
 	Revision         int64            `json:"revision"`
 	Duration         time.Duration    `json:"duration"`
 }
@@ -78,8 +82,25 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	var safety string
 	if o.Force && state.Keys > 0 {
+		if o.SafetyBackup != "" {
+			sb, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: o.Datastore, DatastoreOptions: o.DatastoreOptions,
+				Store: o.SafetyBackup, Tool: "vcsnap restore (safety backup)"})
+			if err != nil {
+				return nil, fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
+			}
+			safety = sb.URL
+			slog.Info("saved the target's current keys before replacing them", "bundle", safety, "keys", sb.Manifest.Keys)
+		}
 		slog.Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
+	}
+	abort := func(ctx context.Context, t datastore.Target, cause error) error {
+		err := abort(ctx, t, cause)
+		if safety != "" {
+			err = fmt.Errorf("%w; the previous keys are saved: vcsnap restore --force --datastore %s %s", err, open.Redact(o.Datastore), safety)
+		}
+		return err
 	}
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
@@ -110,7 +131,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
 	}
 	return &Result{URL: loc.Store.URL(loc.Name), Manifest: m, PreviousRevision: state.Revision, PreviousKeys: state.Keys,
-		Revision: rev, Duration: time.Since(start)}, nil
+		SafetyBackup: safety, Revision: rev, Duration: time.Since(start)}, nil
 }
 
 func abort(ctx context.Context, t datastore.Target, cause error) error {

@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -317,4 +318,43 @@ func TestRevisionGapRefusedBeforeWriting(t *testing.T) {
 		t.Fatalf("target written to before the refusal: %d keys", resp.Count)
 	}
 	_ = dstCli
+}
+
+// A forced restore interrupted mid-way leaves the target empty, and the safety bundle it
+// took first brings the old state back with one command.
+func TestInterruptedForcedRestoreIsRecoverable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fillRandom(t, srcCli, 6, 3000)
+	dir := t.TempDir()
+	url := "file://" + filepath.Join(dir, "snap")
+	if _, err := snapshot.Create(context.Background(), snapshot.CreateOptions{Datastore: src.URL, Store: url}); err != nil {
+		t.Fatal(err)
+	}
+	dst, dstCli := startEtcd(t)
+	fillRandom(t, dstCli, 7, 300)
+	old := dump(t, dstCli)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	safety := "file://" + filepath.Join(dir, "snap.pre-restore")
+	_, err := restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL, Force: true, SafetyBackup: safety,
+		Progress: func(p snapshot.Progress) {
+			if p.Phase == "restore" && p.Keys >= 1024 {
+				cancel() // Ctrl-C in the middle of writing
+			}
+		}})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "vcsnap restore --force --datastore "+dst.URL+" "+safety) {
+		t.Fatalf("interrupted restore returned %v", err)
+	}
+	if resp, _ := dstCli.Get(context.Background(), "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly()); resp.Count != 0 {
+		t.Fatalf("interrupted restore left %d keys behind", resp.Count)
+	}
+	// The command the error names brings the old state back.
+	if _, err := restore.Restore(context.Background(), restore.Options{Store: safety, Datastore: dst.URL, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	assertSameKeys(t, old, dump(t, dstCli))
 }

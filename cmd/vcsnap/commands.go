@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -185,6 +186,7 @@ func (a *app) deleteCommand() *cobra.Command {
 
 func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
+	var noSafety bool
 	cmd := &cobra.Command{
 		Use:   "restore --datastore URL STORE_URL",
 		Short: "Restore a bundle into a datastore",
@@ -199,6 +201,9 @@ control plane first. A failed restore empties the target again.`,
 				return usageError{fmt.Errorf("--datastore is required")}
 			}
 			o.Store = args[0]
+			if o.Force && !noSafety {
+				o.SafetyBackup = safetyBackupURL(o.Store, time.Now())
+			}
 			progress, done := a.progress()
 			o.Progress = progress
 			res, err := restore.Restore(cmd.Context(), o)
@@ -210,10 +215,14 @@ control plane first. A failed restore empties the target again.`,
 				fmt.Fprintf(a.stdout, "Restored %s into %s: %d keys, %d leases; revision now %d (snapshot %d, target before %d), %s\n",
 					res.URL, open.Redact(o.Datastore), res.Manifest.Keys, res.Manifest.Leases, res.Revision,
 					res.Manifest.Revision, res.PreviousRevision, res.Duration.Round(time.Millisecond))
+				if res.SafetyBackup != "" {
+					fmt.Fprintf(a.stdout, "The target's previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
+				}
 			})
 		},
 	}
 	f := cmd.Flags()
+	f.BoolVar(&noSafety, "no-safety-backup", false, "with --force, do not save the target's current keys before replacing them")
 	f.StringVar(&o.Datastore, "datastore", "", "datastore URL to restore into")
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
@@ -233,4 +242,15 @@ func (a *app) versionCommand() *cobra.Command {
 			})
 		},
 	}
+}
+
+// safetyBackupURL names the bundle that keeps a target's keys before --force replaces
+// them: beside the bundle being restored, keeping the URL's options.
+func safetyBackupURL(store string, now time.Time) string {
+	base, query, _ := strings.Cut(store, "?")
+	u := base + ".pre-restore-" + now.UTC().Format("20060102T150405Z")
+	if query != "" {
+		u += "?" + query
+	}
+	return u
 }
