@@ -10,11 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/restore"
@@ -23,21 +21,7 @@ import (
 	"github.com/vcsnap/vcsnap/test/embedetcd"
 )
 
-func startEtcd(t *testing.T) (*embedetcd.Etcd, *clientv3.Client) {
-	t.Helper()
-	e, err := embedetcd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second,
-		Logger: zap.NewNop(), MaxCallSendMsgSize: 16 << 20, MaxCallRecvMsgSize: 256 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return e, cli
-}
+func startEtcd(t *testing.T) (*embedetcd.Etcd, *clientv3.Client) { return embedetcd.ForTest(t) }
 
 type keyState struct {
 	value []byte

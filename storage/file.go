@@ -147,8 +147,13 @@ func (s *FileStore) Stat(ctx context.Context, name string) (ObjectInfo, error) {
 }
 
 func (s *FileStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
-	// Walk the deepest directory the prefix names, then filter by the full prefix, so
-	// "backups/day" finds "backups/day1" as S3 would.
+	return s.walk(ctx, prefix, false)
+}
+
+// walk lists regular files under prefix: the objects, or with parts the uploads in
+// progress. It walks the deepest directory the prefix names and filters by the full
+// prefix, so "backups/day" finds "backups/day1" as S3 would.
+func (s *FileStore) walk(ctx context.Context, prefix string, parts bool) ([]ObjectInfo, error) {
 	base := filepath.Join(s.root, filepath.Clean("/"+prefix))
 	if !strings.HasSuffix(prefix, "/") {
 		base = filepath.Dir(base)
@@ -164,7 +169,7 @@ func (s *FileStore) List(ctx context.Context, prefix string) ([]ObjectInfo, erro
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if d.IsDir() || !d.Type().IsRegular() || strings.HasSuffix(p, partSuffix) {
+		if d.IsDir() || !d.Type().IsRegular() || strings.HasSuffix(p, partSuffix) != parts {
 			return nil
 		}
 		rel, err := filepath.Rel(s.root, p)
@@ -202,28 +207,5 @@ func (s *FileStore) Delete(ctx context.Context, name string) error {
 
 // ListIncomplete returns the uploads in progress (or abandoned by a crash) under prefix.
 func (s *FileStore) ListIncomplete(ctx context.Context, prefix string) ([]ObjectInfo, error) {
-	base := filepath.Join(s.root, filepath.Clean("/"+prefix))
-	if !strings.HasSuffix(prefix, "/") {
-		base = filepath.Dir(base)
-	}
-	var out []ObjectInfo
-	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() || !strings.HasSuffix(p, partSuffix) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		rel, _ := filepath.Rel(s.root, p)
-		out = append(out, ObjectInfo{Name: filepath.ToSlash(rel), Size: info.Size(), Modified: info.ModTime()})
-		return nil
-	})
-	return out, err
+	return s.walk(ctx, prefix, true)
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/test/embedetcd"
@@ -57,20 +56,7 @@ func vcsnap(t *testing.T, env []string, args ...string) result {
 	return result{code, out.String(), errb.String()}
 }
 
-func startEtcd(t *testing.T) (*embedetcd.Etcd, *clientv3.Client) {
-	t.Helper()
-	e, err := embedetcd.Start(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return e, cli
-}
+func startEtcd(t *testing.T) (*embedetcd.Etcd, *clientv3.Client) { return embedetcd.ForTest(t) }
 
 // fill writes n keys of size bytes of random (incompressible) data, 100 per transaction.
 func fill(t *testing.T, cli *clientv3.Client, n, size int) {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -28,7 +30,7 @@ func Start(dir string) (*Etcd, error) {
 	cfg.Dir = dir
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // shutdown noise is not news
-	cfg.UnsafeNoFsync = true // tests and the demo do not need durability
+	cfg.UnsafeNoFsync = true                                       // tests and the demo do not need durability
 	cfg.QuotaBackendBytes = 8 << 30
 	var ports [2]int
 	for i := range ports {
@@ -69,4 +71,22 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ForTest starts etcd in a test's temporary directory and returns it with a client; both
+// are stopped when the test ends.
+func ForTest(t testing.TB) (*Etcd, *clientv3.Client) {
+	t.Helper()
+	e, err := Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second,
+		Logger: zap.NewNop(), MaxCallSendMsgSize: 16 << 20, MaxCallRecvMsgSize: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return e, cli
 }
