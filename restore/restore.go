@@ -12,6 +12,7 @@ import (
 	"github.com/vcsnap/vcsnap/datastore/open"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
 )
 
@@ -36,6 +37,8 @@ type Options struct {
 	// replaces them, so an interrupted or mistaken restore can be undone.
 	SafetyBackup string
 	Progress     snapshot.ProgressFunc
+	// Keys open an encrypted bundle.
+	Keys encrypt.Keys
 }
 
 // Result describes a finished restore.
@@ -59,7 +62,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, _, err := snapshot.Scan(ctx, loc, progressPhase(o.Progress, "verify"), nil)
+	m, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Progress: progressPhase(o.Progress, "verify"), Keys: o.Keys}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 	}
@@ -85,8 +88,13 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	var safety string
 	if o.Force && state.Keys > 0 {
 		if o.SafetyBackup != "" {
+			// Encrypted like the bundle being restored: the target holds the same kind of secrets.
+			recips, err := o.Keys.Recipients()
+			if err != nil {
+				return nil, err
+			}
 			sb, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: o.Datastore, DatastoreOptions: o.DatastoreOptions,
-				Store: o.SafetyBackup, Tool: "vcsnap restore (safety backup)"})
+				Store: o.SafetyBackup, Encrypt: recips, Tool: "vcsnap restore (safety backup)"})
 			if err != nil {
 				return nil, fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
 			}
@@ -120,7 +128,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 		}
 		return nil
 	}
-	if _, _, err := snapshot.Scan(ctx, loc, nil, apply); err != nil {
+	if _, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply); err != nil {
 		return nil, abort(ctx, target, err)
 	}
 	rev, err := target.Commit(ctx)

@@ -207,7 +207,7 @@ func TestCorruptBundlesRefusedTargetUntouched(t *testing.T) {
 		if err := os.WriteFile(bad, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := snapshot.Verify(ctx, "file://"+bad, nil); err == nil {
+		if _, err := snapshot.Verify(ctx, "file://"+bad, snapshot.ReadOptions{}); err == nil {
 			t.Fatalf("verify accepted %s", what)
 		}
 		// --force would replace the target: refusing must happen before that.

@@ -12,6 +12,7 @@ import (
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
 )
 
@@ -43,6 +44,8 @@ type CreateOptions struct {
 	Source bundle.Source
 	// Extra goes into the bundle's encrypted-when-configured meta record.
 	Extra map[string]string
+	// Encrypt, when not empty, encrypts the bundle body for these recipients.
+	Encrypt encrypt.Recipients
 	// Tool names this program and version in the bundle.
 	Tool     string
 	Progress ProgressFunc
@@ -62,6 +65,13 @@ type CreateResult struct {
 // becomes visible only once complete; an error or cancellation leaves nothing visible.
 func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 	start := time.Now()
+	wopts := bundle.WriterOptions{Tool: o.Tool}
+	if !o.Encrypt.Empty() {
+		var err error
+		if wopts.Encrypt, wopts.Encryption, err = o.Encrypt.Writer(); err != nil {
+			return nil, fmt.Errorf("encryption: %w", err)
+		}
+	}
 	loc, err := storage.Open(ctx, o.Store)
 	if err != nil {
 		return nil, err
@@ -86,7 +96,7 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 		attempts = 3
 	}
 	for attempt := 1; ; attempt++ {
-		m, err := createOnce(ctx, src, loc, o)
+		m, err := createOnce(ctx, src, loc, o, wopts)
 		if err == nil {
 			info, err := loc.Store.Stat(ctx, loc.Name)
 			if err != nil {
@@ -102,7 +112,7 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 	}
 }
 
-func createOnce(ctx context.Context, src datastore.Source, loc storage.Location, o CreateOptions) (*bundle.Manifest, error) {
+func createOnce(ctx context.Context, src datastore.Source, loc storage.Location, o CreateOptions, wopts bundle.WriterOptions) (*bundle.Manifest, error) {
 	total := int64(-1)
 	if o.Progress != nil {
 		if n, err := src.Count(ctx); err == nil {
@@ -118,7 +128,7 @@ func createOnce(ctx context.Context, src datastore.Source, loc storage.Location,
 	}
 	done := make(chan result, 1)
 	go func() {
-		m, err := writeBundle(ctx, src, pw, o, total)
+		m, err := writeBundle(ctx, src, pw, o, wopts, total)
 		pw.CloseWithError(err) // nil closes with EOF
 		done <- result{m, err}
 	}()
@@ -158,8 +168,8 @@ func (e *emitter) Put(kv *bundle.KeyValue) error {
 	return nil
 }
 
-func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o CreateOptions, total int64) (*bundle.Manifest, error) {
-	w, err := bundle.NewWriter(out, bundle.WriterOptions{Tool: o.Tool})
+func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o CreateOptions, wopts bundle.WriterOptions, total int64) (*bundle.Manifest, error) {
+	w, err := bundle.NewWriter(out, wopts)
 	if err != nil {
 		return nil, err
 	}

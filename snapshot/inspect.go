@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
 )
 
@@ -140,15 +141,22 @@ type VerifyResult struct {
 	Duration time.Duration    `json:"duration"`
 }
 
+// ReadOptions apply to every full read of a bundle.
+type ReadOptions struct {
+	Progress ProgressFunc
+	// Keys open encrypted bundles.
+	Keys encrypt.Keys
+}
+
 // Verify reads a whole bundle and checks every chunk checksum, every record, the counts
-// and the sha256 over all bytes.
-func Verify(ctx context.Context, url string, progress ProgressFunc) (*VerifyResult, error) {
+// and the sha256 over all bytes. An encrypted bundle needs its key to be verified.
+func Verify(ctx context.Context, url string, o ReadOptions) (*VerifyResult, error) {
 	start := time.Now()
 	loc, err := storage.Open(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	m, size, err := Scan(ctx, loc, progress, nil)
+	m, size, err := Scan(ctx, loc, o, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +166,11 @@ func Verify(ctx context.Context, url string, progress ProgressFunc) (*VerifyResu
 // Scan streams a bundle through the verifying reader, calling fn for each record when fn
 // is not nil. It fails before reading the body when the tail says the bundle is
 // incomplete or of a newer format.
-func Scan(ctx context.Context, loc storage.Location, progress ProgressFunc, fn func(*bundle.Record) error) (*bundle.Manifest, int64, error) {
+func Scan(ctx context.Context, loc storage.Location, o ReadOptions, fn func(*bundle.Record) error) (*bundle.Manifest, int64, error) {
+	decrypt, err := o.Keys.Decrypter()
+	if err != nil {
+		return nil, 0, err
+	}
 	info, err := loc.Store.Stat(ctx, loc.Name)
 	if err != nil {
 		return nil, 0, err
@@ -175,7 +187,7 @@ func Scan(ctx context.Context, loc storage.Location, progress ProgressFunc, fn f
 		return nil, 0, err
 	}
 	defer rc.Close()
-	r, err := bundle.NewReader(rc, bundle.ReaderOptions{})
+	r, err := bundle.NewReader(rc, bundle.ReaderOptions{Decrypt: decrypt})
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), err)
 	}
@@ -197,8 +209,8 @@ func Scan(ctx context.Context, loc storage.Location, progress ProgressFunc, fn f
 		if rec.Type == bundle.RecordPut {
 			keys++
 			bytes += int64(len(rec.KV.Value))
-			if progress != nil && keys%1024 == 0 {
-				progress(Progress{Phase: "verify", Keys: keys, TotalKeys: tm.Keys, Bytes: bytes})
+			if o.Progress != nil && keys%1024 == 0 {
+				o.Progress(Progress{Phase: "verify", Keys: keys, TotalKeys: tm.Keys, Bytes: bytes})
 			}
 		}
 		if err := ctx.Err(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 )
 
 func (a *app) tool() string { return "vcsnap " + version }
@@ -68,6 +69,9 @@ func (a *app) createCommand() *cobra.Command {
 	f.StringVar(&o.Source.VClusterName, "vcluster-name", "", "virtual cluster name to record in the bundle")
 	f.StringVar(&o.Source.VClusterNamespace, "vcluster-namespace", "", "virtual cluster host namespace to record in the bundle")
 	f.StringVar(&o.Source.KubernetesVersion, "kubernetes-version", "", "virtual cluster Kubernetes version to record in the bundle")
+	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
+	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
+	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
 	return cmd
 }
 
@@ -150,14 +154,21 @@ func (a *app) printManifest(url string, size int64, m *bundle.Manifest) {
 	tw.Flush()
 }
 
+// keyFlags adds the flags that open encrypted bundles.
+func keyFlags(cmd *cobra.Command, k *encrypt.Keys) {
+	cmd.Flags().StringArrayVar(&k.IdentityFiles, "identity-file", nil, "age identity file (AGE-SECRET-KEY-1...) to decrypt the bundle; repeatable")
+	cmd.Flags().StringVar(&k.PassphraseFile, "passphrase-file", "", "file holding the passphrase the bundle was encrypted with")
+}
+
 func (a *app) verifyCommand() *cobra.Command {
-	return &cobra.Command{
+	var keys encrypt.Keys
+	cmd := &cobra.Command{
 		Use:   "verify URL",
 		Short: "Read a whole bundle and check every checksum",
 		Args:  exactArgs("URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			progress, done := a.progress()
-			res, err := snapshot.Verify(cmd.Context(), args[0], progress)
+			res, err := snapshot.Verify(cmd.Context(), args[0], snapshot.ReadOptions{Progress: progress, Keys: keys})
 			done()
 			if err != nil {
 				return err
@@ -168,6 +179,8 @@ func (a *app) verifyCommand() *cobra.Command {
 			})
 		},
 	}
+	keyFlags(cmd, &keys)
+	return cmd
 }
 
 func (a *app) deleteCommand() *cobra.Command {
@@ -222,6 +235,7 @@ control plane first. A failed restore empties the target again.`,
 		},
 	}
 	f := cmd.Flags()
+	keyFlags(cmd, &o.Keys)
 	f.BoolVar(&noSafety, "no-safety-backup", false, "with --force, do not save the target's current keys before replacing them")
 	f.StringVar(&o.Datastore, "datastore", "", "datastore URL to restore into")
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")

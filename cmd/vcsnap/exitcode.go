@@ -20,6 +20,7 @@ const (
 	exitRefused     = 5   // refused to overwrite: non-empty target, existing bundle, revision gap
 	exitUnsupported = 6   // a newer bundle format, or not a vcsnap bundle at all
 	exitUnavailable = 7   // the datastore could not be reached
+	exitNoKey       = 8   // the bundle is encrypted and no given key opens it
 	exitInterrupted = 130 // cancelled by Ctrl-C or SIGTERM
 )
 
@@ -43,7 +44,9 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap):
 		return exitRefused
-	case errors.Is(err, bundle.ErrUnsupportedVersion), errors.Is(err, bundle.ErrNotBundle), errors.Is(err, bundle.ErrEncrypted):
+	case errors.Is(err, bundle.ErrEncrypted), errors.Is(err, bundle.ErrDecrypt):
+		return exitNoKey
+	case errors.Is(err, bundle.ErrUnsupportedVersion), errors.Is(err, bundle.ErrNotBundle):
 		return exitUnsupported
 	case errors.Is(err, datastore.ErrUnavailable):
 		return exitUnavailable

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -283,5 +284,60 @@ func TestSafetyBackupURLKeepsOptions(t *testing.T) {
 		if got := safetyBackupURL(in, at); got != want {
 			t.Errorf("safetyBackupURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestCLIEncryption(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	const secretValue = "s3cr3t-db-password-0xC0FFEE"
+	if _, err := srcCli.Put(context.Background(), "/registry/secrets/db/creds", secretValue); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	id, _ := age.GenerateX25519Identity()
+	other, _ := age.GenerateX25519Identity()
+	idFile, otherFile := filepath.Join(dir, "id.txt"), filepath.Join(dir, "other.txt")
+	os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600)
+	os.WriteFile(otherFile, []byte(other.String()+"\n"), 0o600)
+	url := "file://" + filepath.Join(dir, "enc")
+
+	var all strings.Builder
+	run := func(args ...string) result {
+		r := vcsnap(t, nil, args...)
+		all.WriteString(r.stdout + r.stderr)
+		return r
+	}
+	if r := run("snapshot", "create", "--datastore", src.URL, "--encrypt-recipient", id.Recipient().String(), url); r.code != exitOK {
+		t.Fatalf("create: %+v", r)
+	}
+	if r := run("snapshot", "describe", url); r.code != exitOK || !strings.Contains(r.stdout, "age, 1 recipient(s)") {
+		t.Fatalf("describe: %+v", r)
+	}
+	if r := run("snapshot", "verify", url); r.code != exitNoKey || !strings.Contains(r.stderr, "encrypted") {
+		t.Fatalf("verify without a key: %+v", r)
+	}
+	if r := run("snapshot", "verify", "--identity-file", otherFile, url); r.code != exitNoKey || !strings.Contains(r.stderr, "none of the given keys") {
+		t.Fatalf("verify with the wrong key: %+v", r)
+	}
+	if r := run("snapshot", "verify", "--identity-file", idFile, url); r.code != exitOK {
+		t.Fatalf("verify with the key: %+v", r)
+	}
+	dst, dstCli := startEtcd(t)
+	if r := run("restore", "--datastore", dst.URL, url); r.code != exitNoKey {
+		t.Fatalf("restore without a key: %+v", r)
+	}
+	if r := run("restore", "--datastore", dst.URL, "--identity-file", idFile, url); r.code != exitOK {
+		t.Fatalf("restore with the key: %+v", r)
+	}
+	resp, err := dstCli.Get(context.Background(), "/registry/secrets/db/creds")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != secretValue {
+		t.Fatalf("restored secret: %v %v", resp, err)
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "enc"))
+	if bytes.Contains(data, []byte(secretValue)) || strings.Contains(all.String(), secretValue) {
+		t.Fatal("the secret value appears in the bundle or in the output")
 	}
 }
