@@ -209,3 +209,11 @@ func (s *FileStore) Delete(ctx context.Context, name string) error {
 func (s *FileStore) ListIncomplete(ctx context.Context, prefix string) ([]ObjectInfo, error) {
 	return s.walk(ctx, prefix, true)
 }
+
+// RemoveIncomplete deletes an upload's part file that ListIncomplete returned.
+func (s *FileStore) RemoveIncomplete(ctx context.Context, info ObjectInfo) error {
+	if !strings.HasSuffix(info.Name, partSuffix) {
+		return fmt.Errorf("%q is not an upload in progress", info.Name)
+	}
+	return os.Remove(filepath.Join(s.root, filepath.Clean("/"+info.Name)))
+}

@@ -448,7 +448,7 @@ func (s *S3Store) ListIncomplete(ctx context.Context, prefix string) ([]ObjectIn
 			return nil, s.mapErr(prefix, err)
 		}
 		for _, u := range page.Uploads {
-			out = append(out, ObjectInfo{Name: aws.ToString(u.Key), Modified: aws.ToTime(u.Initiated)})
+			out = append(out, ObjectInfo{Name: aws.ToString(u.Key), Modified: aws.ToTime(u.Initiated), UploadID: aws.ToString(u.UploadId)})
 		}
 		if !aws.ToBool(page.IsTruncated) {
 			return out, nil
@@ -467,4 +467,11 @@ func nextBuffer(free chan []byte, size int64) []byte {
 	default:
 	}
 	return make([]byte, size)
+}
+
+// RemoveIncomplete aborts a multipart upload that ListIncomplete returned.
+func (s *S3Store) RemoveIncomplete(ctx context.Context, info ObjectInfo) error {
+	_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.opts.Bucket,
+		Key: &info.Name, UploadId: &info.UploadID})
+	return err
 }

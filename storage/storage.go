@@ -20,6 +20,8 @@ type ObjectInfo struct {
 	Name     string
 	Size     int64
 	Modified time.Time
+	// UploadID identifies an S3 multipart upload in progress (ListIncomplete only).
+	UploadID string
 }
 
 // Store is a flat namespace of immutable objects.

@@ -341,3 +341,16 @@ func TestCLIEncryption(t *testing.T) {
 		t.Fatal("the secret value appears in the bundle or in the output")
 	}
 }
+
+func TestParseDays(t *testing.T) {
+	for in, want := range map[string]time.Duration{"14d": 14 * 24 * time.Hour, "36h": 36 * time.Hour, "0d": 0} {
+		if got, err := parseDays(in); err != nil || got != want {
+			t.Errorf("parseDays(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"d", "-1d", "x", "1w"} {
+		if _, err := parseDays(bad); err == nil {
+			t.Errorf("parseDays(%q) accepted", bad)
+		}
+	}
+}
