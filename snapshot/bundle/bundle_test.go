@@ -181,15 +181,24 @@ func TestEveryFlipAndTruncationRefused(t *testing.T) {
 			if _, _, err := readBundle(bad); err == nil {
 				t.Fatalf("flip at byte %d (mask %#x) of %d accepted", i, mask, len(data))
 			}
+			if _, err := VerifyRaw(bytes.NewReader(bad)); err == nil {
+				t.Fatalf("raw verify accepted a flip at byte %d (mask %#x)", i, mask)
+			}
 		}
 	}
 	for n := 0; n < len(data); n++ {
 		if _, _, err := readBundle(data[:n]); err == nil {
 			t.Fatalf("truncation to %d of %d bytes accepted", n, len(data))
 		}
+		if _, err := VerifyRaw(bytes.NewReader(data[:n])); err == nil {
+			t.Fatalf("raw verify accepted a truncation to %d bytes", n)
+		}
 	}
 	if _, _, err := readBundle(append(bytes.Clone(data), 0)); err == nil {
 		t.Fatal("bundle with a trailing byte accepted")
+	}
+	if m, err := VerifyRaw(bytes.NewReader(data)); err != nil || m.Keys != 4 {
+		t.Fatalf("raw verify of the good bundle: %+v, %v", m, err)
 	}
 }
 

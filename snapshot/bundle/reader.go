@@ -126,6 +126,10 @@ type Reader struct {
 // NewReader reads and checks the header from r. It refuses a bundle of a newer format
 // before reading any further.
 func NewReader(r io.Reader, opts ReaderOptions) (*Reader, error) {
+	return newReader(r, opts, false)
+}
+
+func newReader(r io.Reader, opts ReaderOptions, raw bool) (*Reader, error) {
 	br := &Reader{in: &hashingReader{r: r, h: sha256.New()}, leases: map[int64]struct{}{}}
 	var fixed [16]byte
 	if _, err := io.ReadFull(br.in, fixed[:]); err != nil {
@@ -164,6 +168,9 @@ func NewReader(r io.Reader, opts ReaderOptions) (*Reader, error) {
 		return nil, corruptf("unknown compression %q", br.hdr.Compression)
 	}
 	br.chunks = &chunkReader{r: br.in}
+	if raw {
+		return br, nil
+	}
 	var body io.Reader = br.chunks
 	if br.hdr.Encryption != nil {
 		if opts.Decrypt == nil {
@@ -182,6 +189,17 @@ func NewReader(r io.Reader, opts ReaderOptions) (*Reader, error) {
 	}
 	br.rec = bufio.NewReaderSize(br.zr, 256<<10)
 	return br, nil
+}
+
+// VerifyRaw checks a whole bundle without decoding its body: every chunk's CRC, the
+// structure, the manifest, the trailer and the sha256 over every byte. It needs no key,
+// so it serves copies of encrypted bundles; Next proves more (every record and count).
+func VerifyRaw(r io.Reader) (*Manifest, error) {
+	br, err := newReader(r, ReaderOptions{}, true)
+	if err != nil {
+		return nil, err
+	}
+	return br.readTail(false)
 }
 
 // ErrEncrypted means an encrypted bundle was opened without a key.
@@ -342,62 +360,72 @@ func (r *Reader) finish() error {
 	} else if !errors.Is(err, io.EOF) {
 		return bodyErr(err)
 	}
+	m, err := r.readTail(true)
+	if err != nil {
+		return err
+	}
+	r.manifest = m
+	return io.EOF
+}
+
+// readTail drains the body's chunks, then checks the manifest, the trailer and the
+// sha256 over every byte; with totals it also checks the manifest against the records.
+func (r *Reader) readTail(totals bool) (*Manifest, error) {
 	// The decompressor may stop before the terminator chunk; drain it.
 	if _, err := io.Copy(io.Discard, r.chunks); err != nil {
-		return bodyErr(err)
+		return nil, bodyErr(err)
 	}
 	if !r.chunks.done {
-		return corruptf("body has no terminator")
+		return nil, corruptf("body has no terminator")
 	}
 	var lenBuf [4]byte
 	if err := readFull(r.in, lenBuf[:], "manifest"); err != nil {
-		return err
+		return nil, err
 	}
 	mlen := binary.BigEndian.Uint32(lenBuf[:])
 	if mlen > maxManifestSize {
-		return corruptf("manifest claims %d bytes (limit %d)", mlen, maxManifestSize)
+		return nil, corruptf("manifest claims %d bytes (limit %d)", mlen, maxManifestSize)
 	}
 	mjs := make([]byte, mlen)
 	if err := readFull(r.in, mjs, "manifest"); err != nil {
-		return err
+		return nil, err
 	}
 	sum := r.in.h.Sum(nil)
 	storedBefore := r.in.n
 	var tr [TrailerSize]byte
 	if _, err := io.ReadFull(r.in.r, tr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return ErrIncomplete
+			return nil, ErrIncomplete
 		}
-		return fmt.Errorf("read trailer: %w", err)
+		return nil, fmt.Errorf("read trailer: %w", err)
 	}
 	t, err := parseTrailer(tr[:])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if t.manifestLen != mlen || crc32.Checksum(mjs, castagnoli) != t.manifestCRC {
-		return corruptf("trailer does not match the manifest")
+		return nil, corruptf("trailer does not match the manifest")
 	}
 	if !bytes.Equal(sum, t.sum[:]) {
-		return corruptf("sha256 mismatch: computed %x, trailer says %x", sum, t.sum)
+		return nil, corruptf("sha256 mismatch: computed %x, trailer says %x", sum, t.sum)
 	}
 	var extra [1]byte
 	if n, _ := io.ReadFull(r.in.r, extra[:]); n != 0 {
-		return corruptf("data after the trailer")
+		return nil, corruptf("data after the trailer")
 	}
 	m, err := parseManifest(mjs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	want := Totals{Keys: m.Keys, Leases: m.Leases, Deletes: m.Deletes, KeyBytes: m.KeyBytes,
 		ValueBytes: m.ValueBytes, Revision: m.Revision}
-	if want != r.totals || m.Kind != r.hdr.Kind {
-		return corruptf("manifest disagrees with the body")
+	if (totals && want != r.totals) || m.Kind != r.hdr.Kind {
+		return nil, corruptf("manifest disagrees with the body")
 	}
 	if m.BodyBytes != storedBefore-4-int64(mlen)-r.hdrLen {
-		return corruptf("manifest body size %d disagrees with the bundle", m.BodyBytes)
+		return nil, corruptf("manifest body size %d disagrees with the bundle", m.BodyBytes)
 	}
-	r.manifest = m
-	return io.EOF
+	return m, nil
 }
 
 type trailer struct {

@@ -1,0 +1,46 @@
+package snapshot_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+)
+
+func TestCopyVerifiesAndNeverLeavesAPartialCopy(t *testing.T) {
+	ctx := context.Background()
+	src, dst := t.TempDir(), t.TempDir()
+	writeDated(t, filepath.Join(src, "good"), time.Now())
+	res, err := snapshot.Copy(ctx, "file://"+src+"/good", "file://"+dst+"/good", snapshot.CopyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Manifest.Keys != 1 {
+		t.Fatalf("copied manifest %+v", res.Manifest)
+	}
+	if _, err := snapshot.Verify(ctx, "file://"+dst+"/good", snapshot.ReadOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snapshot.Copy(ctx, "file://"+src+"/good", "file://"+dst+"/good", snapshot.CopyOptions{}); !errors.Is(err, snapshot.ErrExists) {
+		t.Fatalf("copy over an existing bundle: %v", err)
+	}
+	// A source damaged in its body: the copy fails and the destination never shows it.
+	data, _ := os.ReadFile(filepath.Join(src, "good"))
+	data[len(data)/2] ^= 1
+	os.WriteFile(filepath.Join(src, "bad"), data, 0o644)
+	if _, err := snapshot.Copy(ctx, "file://"+src+"/bad", "file://"+dst+"/bad", snapshot.CopyOptions{}); !errors.Is(err, bundle.ErrCorrupt) {
+		t.Fatalf("copy of a corrupt bundle: %v", err)
+	}
+	entries, err := snapshot.List(ctx, "file://"+dst+"/")
+	if err != nil || len(entries) != 1 || entries[0].Name != filepath.Join(dst, "good")[1:] {
+		t.Fatalf("destination lists %v, %v", entries, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dst, "*.part")); len(left) != 0 {
+		t.Fatalf("part files left: %v", left)
+	}
+}
