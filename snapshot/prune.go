@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/storage"
 )
 
@@ -100,7 +101,7 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 	// The newest bundle that verifies is kept whatever the rules say.
 	verified := -1
 	for i, e := range good {
-		if _, _, err := Scan(ctx, storage.Location{Store: loc.Store, Name: e.Name}, o.Keys, nil); err != nil {
+		if err := verifyForPrune(ctx, storage.Location{Store: loc.Store, Name: e.Name}, o.Keys); err != nil {
 			slog.Warn("a bundle failed verification; trying an older one", "bundle", e.URL, "error", err)
 			continue
 		}
@@ -145,6 +146,22 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		}
 	}
 	return res, nil
+}
+
+// verifyForPrune fully verifies a bundle; an encrypted one without its key (a backup Job
+// holds only public recipients) gets the raw check of every CRC and the sha256 instead.
+func verifyForPrune(ctx context.Context, loc storage.Location, o ReadOptions) error {
+	_, _, err := Scan(ctx, loc, o, nil)
+	if !errors.Is(err, bundle.ErrEncrypted) {
+		return err
+	}
+	rc, err := loc.Store.Get(ctx, loc.Name)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = bundle.VerifyRaw(rc)
+	return err
 }
 
 // applyPolicy decides for bundles sorted newest first.
