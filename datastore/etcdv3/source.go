@@ -88,7 +88,8 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 			return 0, fmt.Errorf("read at revision %d: %w", rev, p.err)
 		}
 		for _, kv := range p.kvs {
-			if datastore.IsBookkeeping(kv.Key) {
+			if datastore.IsBookkeeping(kv.Key) || (s.kine && string(kv.Key) == kineHealthKey) {
+				// kine's health key is kine's own: it writes it whenever it starts.
 				continue
 			}
 			if kv.Lease != 0 && !leases[kv.Lease] {

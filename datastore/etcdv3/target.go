@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -18,8 +21,12 @@ import (
 const (
 	maxTxnOps   = 128
 	maxTxnBytes = 1 << 20
-	// bumpKey is written repeatedly to raise the revision, then deleted and compacted away.
-	bumpKey = "/vcsnap/revision-bump"
+	// Keys under bumpPrefix are written repeatedly to raise the revision, then deleted and
+	// compacted away. Each of up to bumpWriters writers owns one key.
+	bumpPrefix  = "/vcsnap/revision-bump/"
+	bumpWriters = 16
+	// kineHealthKey is created by kine itself on start (for the apiserver's health check).
+	kineHealthKey = "/registry/health"
 )
 
 // DefaultMaxRevisionWrites bounds how many single writes a restore may spend raising the
@@ -91,32 +98,42 @@ func (t *Target) Prepare(ctx context.Context, opts datastore.PrepareOptions) (da
 		return t.state, fmt.Errorf("%w: inspect target: %v", datastore.ErrUnavailable, err)
 	}
 	t.state = datastore.TargetState{Revision: resp.Header.Revision, Keys: resp.Count}
+	if t.kine && t.state.Keys > 0 && strings.HasPrefix(kineHealthKey, t.prefix) {
+		// kine writes its health key when it starts: a fresh kine is empty all the same.
+		h, err := t.cli.Get(ctx, kineHealthKey, clientv3.WithCountOnly())
+		if err != nil {
+			return t.state, fmt.Errorf("%w: inspect target: %v", datastore.ErrUnavailable, err)
+		}
+		t.state.Keys -= h.Count
+	}
 	if t.state.Keys > 0 && !opts.Force {
 		return t.state, fmt.Errorf("%w: it holds %d keys; restore into an empty datastore, or pass --force to replace them",
 			datastore.ErrTargetNotEmpty, t.state.Keys)
 	}
 	bump := max(opts.BumpRevision, 1)
 	t.want = max(opts.SnapshotRevision, t.state.Revision) + bump
-	// Every write request moves the revision by one; count what the restore itself adds.
-	writes := (opts.Keys + maxTxnOps - 1) / maxTxnOps
-	if t.kine {
-		writes = opts.Keys
-	}
-	if opts.Force && t.state.Keys > 0 {
-		writes++
-	}
-	if need := t.want - (t.state.Revision + writes); need > t.maxWrites {
+	// The revision is raised to t.want before the first key is written (see Begin), one
+	// write per revision.
+	if need := t.want - t.state.Revision; need > t.maxWrites {
 		return t.state, fmt.Errorf("%w: the bundle's revision %d is %d above this target's %d; raising it through the etcd API costs one write per revision (%d here, over the limit of %d): allow it with --max-revision-writes=%d",
 			datastore.ErrRevisionGap, opts.SnapshotRevision, opts.SnapshotRevision-t.state.Revision, t.state.Revision, need, t.maxWrites, need)
 	}
 	return t.state, nil
 }
 
+// Begin removes the target's keys (with Force), then raises the revision past
+// max(snapshot, target) + bump before writing anything, so every restored key gets a mod
+// revision (the objects' resourceVersions) above any revision a client can hold from
+// before the restore: a stale client's optimistic-concurrency update then always
+// conflicts, instead of matching a restored key's new, low mod revision by chance.
 func (t *Target) Begin(ctx context.Context) error {
 	if t.opts.Force && t.state.Keys > 0 {
 		if err := t.wipe(ctx); err != nil {
 			return fmt.Errorf("remove the target's existing keys: %w", err)
 		}
+	}
+	if err := t.raiseRevision(ctx); err != nil {
+		return fmt.Errorf("raise the revision to %d: %w", t.want, err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	t.cancel = cancel
@@ -224,10 +241,17 @@ func (t *Target) flush(ctx context.Context) error {
 	return t.failed()
 }
 
-// Commit finishes the writes, raises the revision past max(snapshot, previous target) +
-// bump, deletes the helper key and compacts at the final revision, so a watcher holding
+// Commit finishes the writes and compacts at the final revision, so a watcher holding
 // any older resourceVersion gets "compacted" (HTTP 410 from the apiserver) and re-lists
-// instead of silently missing events.
+// instead of silently missing events. The revision was raised in Begin.
+//
+// kine ignores compaction requests through its etcd API unless its own periodic
+// compaction is disabled, and then keeps the newest 1000 revisions anyway: there the old
+// revisions stay readable until kine compacts on its own schedule (every 5 minutes by
+// default). The kube-apiserver's watch cache still answers 410 to resourceVersions
+// older than the restore, and because the keys were written above every old revision,
+// a watch that bypasses the cache receives every restored key as a new event rather
+// than silence.
 func (t *Target) Commit(ctx context.Context) (int64, error) {
 	err := t.flush(ctx)
 	t.stopWriters()
@@ -237,73 +261,134 @@ func (t *Target) Commit(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	cur, err := t.revision(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if err := t.raiseRevision(ctx, cur); err != nil {
-		return 0, fmt.Errorf("raise the revision: %w", err)
-	}
-	if err := t.deleteKey(ctx, bumpKey); err != nil {
-		return 0, err
-	}
 	final, err := t.revision(ctx)
 	if err != nil {
 		return 0, err
 	}
+	if final < t.want {
+		return 0, fmt.Errorf("the target's revision is %d after the restore, below the required %d", final, t.want)
+	}
 	if _, err := t.cli.Compact(ctx, final, clientv3.WithCompactPhysical()); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
 		return 0, fmt.Errorf("compact at revision %d: %w", final, err)
+	}
+	if t.kine {
+		slog.Warn("kine does not compact on request through its etcd API: revisions from before the restore stay readable until kine's own periodic compaction; the kube-apiserver's watch cache answers 410 to older resourceVersions",
+			"revision", final)
 	}
 	return final, nil
 }
 
 func (t *Target) revision(ctx context.Context) (int64, error) {
-	resp, err := t.cli.Get(ctx, bumpKey, clientv3.WithCountOnly())
+	resp, err := t.cli.Get(ctx, bumpPrefix, clientv3.WithCountOnly())
 	if err != nil {
 		return 0, err
 	}
 	return resp.Header.Revision, nil
 }
 
-// raiseRevision writes bumpKey until the revision reaches t.want-1 (deleting bumpKey
-// afterwards adds the last one).
-func (t *Target) raiseRevision(ctx context.Context, cur int64) error {
-	need := t.want - 1 - cur
-	if need <= 0 {
+// raiseRevision writes until the revision reaches t.want. Up to bumpWriters writers each
+// update their own key under bumpPrefix with a compare-and-swap transaction (the update
+// shape kine supports: kine's plain Put of an existing key silently does nothing unless
+// that key was the store's last write, so concurrent Puts of one key do not each add a
+// revision there), stop at t.want minus the number of keys, and the keys' deletions add
+// the rest. It checks the revision really got there.
+func (t *Target) raiseRevision(ctx context.Context) error {
+	cur, err := t.revision(ctx)
+	if err != nil {
+		return err
+	}
+	if cur >= t.want {
 		return nil
 	}
-	const writers = 16
+	// Each key costs at least two writes (create and delete).
+	n := min(int64(bumpWriters), max(1, (t.want-cur)/2))
+	goal := t.want - n
 	var (
+		top  atomic.Int64
 		wg   sync.WaitGroup
-		next = make(chan struct{}, writers)
-		errs = make(chan error, writers)
+		errs = make(chan error, n)
 	)
+	top.Store(cur)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for range writers {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%s%d", bumpPrefix, i)
 		wg.Add(1)
-		go func() {
+		go func(key string) {
 			defer wg.Done()
-			for range next {
-				if _, err := t.cli.Put(wctx, bumpKey, ""); err != nil {
-					errs <- err
-					cancel()
-					return
-				}
+			if err := t.bumpKey(wctx, key, goal, &top); err != nil {
+				errs <- err
+				cancel()
 			}
-		}()
+		}(keys[i])
 	}
-	for i := int64(0); i < need && wctx.Err() == nil; i++ {
-		next <- struct{}{}
-	}
-	close(next)
 	wg.Wait()
 	select {
 	case err := <-errs:
 		return err
 	default:
-		return ctx.Err()
 	}
+	for _, key := range keys {
+		if err := t.deleteKey(ctx, key); err != nil {
+			return fmt.Errorf("delete %s: %w", key, err)
+		}
+	}
+	final, err := t.revision(ctx)
+	if err != nil {
+		return err
+	}
+	if final < t.want {
+		return fmt.Errorf("the revision reached only %d, want %d: the target did not apply every write", final, t.want)
+	}
+	return nil
+}
+
+// bumpKey creates key (or takes it over if it exists) and updates it until the store's
+// revision, as seen in the responses, reaches goal. The key exists when it returns nil.
+func (t *Target) bumpKey(ctx context.Context, key string, goal int64, top *atomic.Int64) error {
+	raise := func(rev int64) {
+		for {
+			old := top.Load()
+			if rev <= old || top.CompareAndSwap(old, rev) {
+				return
+			}
+		}
+	}
+	var modRev int64
+	for modRev == 0 {
+		resp, err := t.cli.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		raise(resp.Header.Revision)
+		if len(resp.Kvs) > 0 {
+			modRev = resp.Kvs[0].ModRevision
+			break
+		}
+		// Always create the key, even when the goal is reached: its deletion is counted on.
+		tr, err := t.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).Then(clientv3.OpPut(key, "")).Commit()
+		if err != nil {
+			return err
+		}
+		if tr.Succeeded {
+			modRev = tr.Header.Revision
+			raise(modRev)
+		}
+	}
+	for top.Load() < goal {
+		tr, err := t.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+			Then(clientv3.OpPut(key, "")).Else(clientv3.OpGet(key)).Commit()
+		if err != nil {
+			return err
+		}
+		if !tr.Succeeded {
+			return fmt.Errorf("%s changed underneath the restore (is something else writing to the target?)", key)
+		}
+		modRev = tr.Header.Revision
+		raise(modRev)
+	}
+	return nil
 }
 
 // deleteKey deletes one key; on kine only the apiserver's txn shape is supported.
