@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -68,10 +67,13 @@ func buildVcsnap(t *testing.T) string {
 	return out
 }
 
-// run runs a command and returns its wall time and peak RSS.
+// run runs a command and returns its wall time and peak RSS. The RSS comes from
+// /usr/bin/time: a child exec'd straight from this process would report this process's
+// resident pages at fork time as its own peak.
 func run(t *testing.T, env []string, name string, args ...string) (time.Duration, float64) {
 	t.Helper()
-	cmd := exec.Command(name, args...)
+	rssFile := filepath.Join(t.TempDir(), "rss")
+	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rssFile, name}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -81,8 +83,15 @@ func run(t *testing.T, env []string, name string, args ...string) (time.Duration
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out.String())
 	}
-	rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
-	return d, rss
+	b, err := os.ReadFile(rssFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kib, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+	if err != nil {
+		t.Fatalf("peak RSS from /usr/bin/time: %q", b)
+	}
+	return d, kib / 1024
 }
 
 // dataset describes what was generated.
