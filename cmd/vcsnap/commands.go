@@ -32,12 +32,13 @@ func (a *app) emit(v any, text func()) error {
 
 func (a *app) snapshotCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshot", Short: "Create, list, describe, verify and delete snapshots"}
-	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand())
+	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand(), a.copyCommand())
 	return cmd
 }
 
 func (a *app) createCommand() *cobra.Command {
 	var o snapshot.CreateOptions
+	var rep reportFlags
 	cmd := &cobra.Command{
 		Use:   "create --datastore URL STORE_URL",
 		Short: "Snapshot a datastore into a new bundle",
@@ -48,13 +49,18 @@ func (a *app) createCommand() *cobra.Command {
 			if o.Datastore == "" {
 				return usageError{fmt.Errorf("--datastore is required (etcd://host:port, etcds://host:port?cacert=..., unix:///path/kine.sock)")}
 			}
-			o.Store, o.Tool = args[0], a.tool()
+			start := time.Now()
+			o.Store, o.Tool = expandTime(args[0], start), a.tool()
 			progress, done := a.progress()
 			o.Progress = progress
 			res, err := snapshot.Create(cmd.Context(), o)
 			done()
+			a.reportCreate(cmd.Context(), rep, o, res, err, time.Since(start))
 			if err != nil {
 				return err
+			}
+			if rep.summary {
+				return nil // the summary line is the output
 			}
 			return a.emit(res, func() {
 				m := res.Manifest
@@ -65,7 +71,9 @@ func (a *app) createCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Datastore, "datastore", "", "datastore URL to snapshot")
+	addDatastorePasswordFlag(f, &o.DatastoreOptions)
 	f.BoolVar(&o.Overwrite, "overwrite", false, "replace an existing bundle at STORE_URL")
+	rep.add(f)
 	f.StringVar(&o.Source.VClusterName, "vcluster-name", "", "virtual cluster name to record in the bundle")
 	f.StringVar(&o.Source.VClusterNamespace, "vcluster-namespace", "", "virtual cluster host namespace to record in the bundle")
 	f.StringVar(&o.Source.KubernetesVersion, "kubernetes-version", "", "virtual cluster Kubernetes version to record in the bundle")
@@ -238,6 +246,7 @@ control plane first. A failed restore empties the target again.`,
 	keyFlags(cmd, &o.Keys)
 	f.BoolVar(&noSafety, "no-safety-backup", false, "with --force, do not save the target's current keys before replacing them")
 	f.StringVar(&o.Datastore, "datastore", "", "datastore URL to restore into")
+	addDatastorePasswordFlag(f, &o.DatastoreOptions)
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/migrate"
+	"github.com/vcsnap/vcsnap/restore"
+)
+
+func (a *app) migrateCommand() *cobra.Command {
+	var o migrate.Options
+	cmd := &cobra.Command{
+		Use:   "migrate --from URL --to URL",
+		Short: "Convert a datastore into another kind (SQLite to embedded etcd, etcd to SQLite, SQLite to PostgreSQL/MySQL, ...)",
+		Long: `Migrate streams every live key of one datastore into another of any kind, with restore's
+rules: values, create revisions and leases are kept, the target's revision ends above both the
+source's and the target's previous revision plus --bump-revision, and every older revision is
+compacted so clients re-list. Nothing is staged on disk: the source's read feeds the target.
+
+Stop the virtual control plane first (scale its StatefulSet to 0). A failure leaves the target as
+it was (kine SQL and etcd-dir targets) or empties it again (etcd API targets).
+
+Datastore URLs:
+  sqlite:///data/state.db                  kine's SQLite database (vcluster's default)
+  mysql://user@tcp(host:3306)/db           kine's table in MySQL/MariaDB
+  postgres://user@host:5432/db?sslmode=... kine's table in PostgreSQL
+  etcd://host:2379, etcds://host:2379?cacert=...&cert=...&key=..., unix:///data/kine.sock
+  etcd-dir:///data/etcd[?vcluster=NAME&namespace=NS]
+                                           an offline etcd data directory; with vcluster= the member
+                                           is that virtual cluster's embedded etcd (NAME-0)
+
+SQL passwords: --from-password-file / --to-password-file, else $VCSNAP_DATASTORE_PASSWORD.
+A password inside the URL works but is warned about and never printed.`,
+		Example: `  # vcluster's default SQLite datastore to its embedded etcd, offline (both on the PVC)
+  vcsnap migrate --from sqlite:///data/state.db --to 'etcd-dir:///data/etcd?vcluster=vc1&namespace=team-a'
+  # into a running etcd
+  vcsnap migrate --from sqlite:///data/state.db --to etcds://vc1-etcd:2379?cacert=/data/pki/etcd/ca.crt&cert=...&key=...
+  # outgrow SQLite: to an external PostgreSQL
+  vcsnap migrate --from sqlite:///data/state.db --to 'postgres://kine@db:5432/vc1?sslmode=require' --to-password-file /secrets/pg`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.From == "" || o.To == "" {
+				return usageError{fmt.Errorf("--from and --to are required")}
+			}
+			progress, done := a.progress()
+			o.Progress = progress
+			res, err := migrate.Migrate(cmd.Context(), o)
+			done()
+			if err != nil {
+				return err
+			}
+			return a.emit(res, func() {
+				fmt.Fprintf(a.stdout, "Migrated %s (%s, revision %d) to %s (%s): %d keys, %d leases, %s of values; revision now %d (target before %d), %s\n",
+					res.From, res.FromKind, res.SourceRevision, res.To, res.ToKind, res.Keys, res.Leases, humanBytes(res.ValueBytes),
+					res.Revision, res.PreviousRevision, res.Duration.Round(time.Millisecond))
+				if res.SafetyBackup != "" {
+					fmt.Fprintf(a.stdout, "The target's previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
+				}
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.From, "from", "", "source datastore URL")
+	f.StringVar(&o.To, "to", "", "target datastore URL")
+	f.BoolVar(&o.Force, "force", false, "replace a non-empty target (SQLite and etcd-dir targets keep the previous files for rollback)")
+	f.StringVar(&o.SafetyBackup, "safety-backup", "", "with --force, first save the target's keys into a bundle at this store URL")
+	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(source, target) revision the migrated revision ends")
+	f.Int64Var(&o.ToOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an etcd API target's revision (default 2000000)")
+	passwordFileFlag(f, "from-password-file", &o.FromOptions, "file holding the source's SQL password (default $"+open.PasswordEnv+")")
+	passwordFileFlag(f, "to-password-file", &o.ToOptions, "file holding the target's SQL password (default $"+open.PasswordEnv+")")
+	return cmd
+}
+
+// addDatastorePasswordFlag adds --datastore-password-file to a command with a datastore.
+func addDatastorePasswordFlag(f *pflag.FlagSet, o *open.Options) {
+	passwordFileFlag(f, "datastore-password-file", o, "file holding the SQL datastore's password (default $"+open.PasswordEnv+")")
+}
+
+// passwordFileFlag reads the password when the flag is parsed; the flag shows only the path.
+func passwordFileFlag(f *pflag.FlagSet, name string, o *open.Options, usage string) {
+	f.Var(&passwordFile{dst: &o.Password}, name, usage)
+}
+
+type passwordFile struct {
+	path string
+	dst  *string
+}
+
+func (p *passwordFile) Set(path string) error {
+	pw, err := open.ReadPasswordFile(path)
+	if err != nil {
+		return err
+	}
+	p.path, *p.dst = path, pw
+	return nil
+}
+
+func (p *passwordFile) String() string { return p.path }
+func (p *passwordFile) Type() string   { return "file" }
