@@ -75,7 +75,9 @@ type Target interface {
 	// Commit flushes every write, raises the revision above the snapshot's and the
 	// target's previous revision, compacts, and returns the final revision.
 	Commit(ctx context.Context) (int64, error)
-	// Abort undoes what was written, leaving the target empty.
+	// Abort undoes what was written: file and SQL targets are left exactly as they were
+	// before Begin (their old data kept for rollback); etcd-API targets are left empty (with
+	// Force their old keys were removed by Begin, which is why restore saves them first).
 	Abort(ctx context.Context) error
 	Close() error
 }

@@ -55,7 +55,7 @@ type Result struct {
 // Restore verifies the whole bundle first, so a corrupt, truncated, foreign or too-new
 // bundle is refused before the target is touched; then it streams the bundle into the
 // target (verifying again as it reads) and commits. If anything fails after writing has
-// begun, the target is emptied again rather than left half-restored.
+// begun, the partial restore is undone rather than left half-written (see Target.Abort).
 func Restore(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	loc, err := storage.Open(ctx, o.Store)
@@ -144,12 +144,12 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 
 func abort(ctx context.Context, t datastore.Target, cause error) error {
 	if err := t.Abort(ctx); err != nil {
-		return fmt.Errorf("%w (and emptying the partly restored target failed too: %v; it must be emptied before the next attempt)", cause, err)
+		return fmt.Errorf("%w (and undoing the partial restore failed too: %v; empty the target before the next attempt)", cause, err)
 	}
 	if errors.Is(cause, context.Canceled) {
-		return fmt.Errorf("restore cancelled; the target was emptied again: %w", cause)
+		return fmt.Errorf("restore cancelled; the partial restore was undone: %w", cause)
 	}
-	return fmt.Errorf("restore failed; the target was emptied again: %w", cause)
+	return fmt.Errorf("restore failed; the partial restore was undone: %w", cause)
 }
 
 func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc {

@@ -155,12 +155,14 @@ func (t *Target) writer(ctx context.Context) {
 		if t.failed() != nil {
 			continue // drain
 		}
-		var err error
-		if len(ops) == 1 && t.kine {
-			_, err = t.cli.Do(ctx, ops[0])
-		} else {
-			_, err = t.cli.Txn(ctx).Then(ops...).Commit()
-		}
+		err := write(ctx, func(wctx context.Context) (err error) {
+			if len(ops) == 1 && t.kine {
+				_, err = t.cli.Do(wctx, ops[0])
+			} else {
+				_, err = t.cli.Txn(wctx).Then(ops...).Commit()
+			}
+			return err
+		})
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrRequestTooLarge) {
 				err = fmt.Errorf("%w: a key in this batch (first %q) is larger than the target's --max-request-bytes", err, ops[0].KeyBytes())
@@ -168,6 +170,24 @@ func (t *Target) writer(ctx context.Context) {
 			t.fail(err)
 		}
 	}
+}
+
+var errAborted = errors.New("restore aborted")
+
+// writeTimeout bounds one write request.
+const writeTimeout = 2 * time.Minute
+
+// write issues one write request unless ctx is already done. The request itself is never
+// cancelled: etcd may still apply a request whose client gave up, and such a write landing
+// after Abort's wipe would leave keys behind. So a cancelled restore stops issuing writes
+// and waits for the ones in flight (bounded by writeTimeout).
+func write(ctx context.Context, do func(context.Context) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
+	return do(wctx)
 }
 
 // stopWriters lets the writers finish the queued batches and waits for them.
@@ -367,7 +387,11 @@ func (t *Target) bumpKey(ctx context.Context, key string, goal int64, top *atomi
 			break
 		}
 		// Always create the key, even when the goal is reached: its deletion is counted on.
-		tr, err := t.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).Then(clientv3.OpPut(key, "")).Commit()
+		var tr *clientv3.TxnResponse
+		err = write(ctx, func(wctx context.Context) (err error) {
+			tr, err = t.cli.Txn(wctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).Then(clientv3.OpPut(key, "")).Commit()
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -377,8 +401,12 @@ func (t *Target) bumpKey(ctx context.Context, key string, goal int64, top *atomi
 		}
 	}
 	for top.Load() < goal {
-		tr, err := t.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-			Then(clientv3.OpPut(key, "")).Else(clientv3.OpGet(key)).Commit()
+		var tr *clientv3.TxnResponse
+		err := write(ctx, func(wctx context.Context) (err error) {
+			tr, err = t.cli.Txn(wctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+				Then(clientv3.OpPut(key, "")).Else(clientv3.OpGet(key)).Commit()
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -433,8 +461,8 @@ func (t *Target) wipe(ctx context.Context) error {
 // the target is empty again. It runs even when ctx is already cancelled.
 func (t *Target) Abort(ctx context.Context) error {
 	if t.cancel != nil {
-		t.cancel()
-		t.stopWriters()
+		t.fail(errAborted) // the writers skip what is still queued
+		t.stopWriters()    // and the requests in flight finish before the wipe
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
