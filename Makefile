@@ -45,3 +45,13 @@ clean:
 BENCH_KEYS ?= 10000,100000
 bench: setup
 	VCSNAP_BENCH=1 VCSNAP_BENCH_KEYS=$(BENCH_KEYS) $(GO) test -count=1 -timeout 120m -run TestBenchmarks -v ./test/bench/ | grep -v '^=== '
+
+# vcsnap's container image as a docker-archive/OCI tarball, built without a registry or an
+# engine (test/image): `ctr -n k8s.io images import bin/vcsnap-image.tar` or `docker load -i`.
+.PHONY: image test-node
+image:
+	$(GO) run ./test/image -o bin/vcsnap-image.tar -version $(VERSION) vcsnap
+
+# Only the tests that run a real node (root: containerd, kubelet, a network namespace).
+test-node:
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestNode|TestVClusterOnNode' ./test/rig/ ./test/e2e/

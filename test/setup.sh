@@ -10,6 +10,7 @@ declare -A need=(
 	[mariadbd]=mariadb-server
 	[sqlite3]=sqlite3
 	[zstd]=zstd
+	[/usr/bin/time]=time
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -30,3 +31,20 @@ if [ ${#missing[@]} -gt 0 ]; then
 	service postgresql stop >/dev/null 2>&1 || true
 fi
 bash test/tools/build.sh
+
+# The test node (test/rig/node.go) runs containerd, runc and the CNI plugins in a network
+# namespace (iproute2, util-linux's nsenter) and the kubelet needs iptables.
+node_missing=()
+for pair in containerd:containerd runc:runc ip:iproute2 nsenter:util-linux iptables:iptables; do
+	command -v "${pair%%:*}" >/dev/null 2>&1 || node_missing+=("${pair#*:}")
+done
+[ -x /usr/lib/cni/bridge ] || node_missing+=(containernetworking-plugins)
+if [ ${#node_missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "setup: the node tests need ${node_missing[*]} and root; they will be skipped" >&2
+	else
+		echo "setup: installing ${node_missing[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${node_missing[@]}" >/dev/null
+	fi
+fi

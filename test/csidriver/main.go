@@ -2,10 +2,18 @@
 //
 // It serves the CSI Identity, Controller and a minimal Node service over a
 // unix socket. Volumes are plain directories under --root/volumes, snapshots
-// are tar files under --root/snapshots. It is meant for tests only: no quota,
-// no topology, one fixed node id.
+// are tar files under --root/snapshots; NodePublishVolume bind-mounts a
+// volume's directory onto the kubelet's target path. It is meant for tests
+// only: no quota, no topology, one fixed node id.
+//
+// With --kubelet-registration-dir it also registers itself with a kubelet
+// (the kubelet plugin-registration API, as node-driver-registrar does), and
+// with --registrar-only it does nothing else: it registers the driver already
+// serving on --endpoint.
 //
 //	csidriver --endpoint unix:///tmp/csi.sock --root /tmp/csi-root
+//	csidriver --registrar-only --endpoint unix:///tmp/csi.sock \
+//	    --kubelet-registration-dir /var/lib/kubelet/plugins_registry
 package main
 
 import (
@@ -41,21 +49,51 @@ func main() {
 		root     = flag.String("root", "", "directory holding volumes/ and snapshots/")
 		name     = flag.String("name", DefaultDriverName, "CSI driver name")
 		nodeID   = flag.String("node-id", DefaultNodeID, "node id returned by NodeGetInfo")
+		regDir   = flag.String("kubelet-registration-dir", "", "register with the kubelet through a socket in this directory (the kubelet's plugins_registry)")
+		regOnly  = flag.Bool("registrar-only", false, "only register the driver serving on --endpoint with the kubelet (needs --kubelet-registration-dir)")
 	)
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+	if *regOnly {
+		if *endpoint == "" || *regDir == "" {
+			log.Fatal("--registrar-only needs --endpoint and --kubelet-registration-dir")
+		}
+		if err := runRegistrar(*endpoint, *name, *regDir); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *endpoint == "" || *root == "" {
 		log.Fatal("--endpoint and --root are required")
 	}
-	if err := run(*endpoint, *root, *name, *nodeID); err != nil {
+	if err := run(*endpoint, *root, *name, *nodeID, *regDir); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(endpoint, root, name, nodeID string) error {
+func socketPath(endpoint string) (string, error) {
 	sock := strings.TrimPrefix(endpoint, "unix://")
 	if strings.Contains(sock, "://") {
-		return fmt.Errorf("only unix:// endpoints are supported, got %q", endpoint)
+		return "", fmt.Errorf("only unix:// endpoints are supported, got %q", endpoint)
+	}
+	return sock, nil
+}
+
+// runRegistrar registers the driver on endpoint with the kubelet until SIGTERM.
+func runRegistrar(endpoint, name, regDir string) error {
+	sock, err := socketPath(endpoint)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return serveRegistration(ctx, regDir, name, sock)
+}
+
+func run(endpoint, root, name, nodeID, regDir string) error {
+	sock, err := socketPath(endpoint)
+	if err != nil {
+		return err
 	}
 	d, err := newDriver(root, name, nodeID)
 	if err != nil {
@@ -87,6 +125,16 @@ func run(endpoint, root, name, nodeID string) error {
 		}
 	}()
 	log.Printf("%s %s serving on %s, root %s, node %s", name, Version, sock, root, nodeID)
+	if regDir != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			if err := serveRegistration(ctx, regDir, name, sock); err != nil {
+				log.Printf("kubelet registration: %v", err)
+				srv.Stop()
+			}
+		}()
+	}
 	err = srv.Serve(lis)
 	_ = os.Remove(sock)
 	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
