@@ -92,6 +92,7 @@ func TestChartLintAndTemplate(t *testing.T) {
 	}
 	full := template(t, helm, valueSets["full"])
 	for _, want := range []string{"s3://backups/vc1/vc1-{time}?region=eu-west-1&endpoint=http://minio:9000&force-path-style=true&sse=aws:kms&kms-key-id=alias/backups",
+		"- s3://backups/vc1/vc1-?region=eu-west-1&endpoint=http://minio:9000&force-path-style=true&sse=aws:kms&kms-key-id=alias/backups",
 		"--encrypt-passphrase-file=/etc/vcsnap/passphrase/passphrase", "--pushgateway=http://pushgateway:9091", "--keep-last=3",
 		"schedule: \"*/5 * * * *\"", "kind: Job", "--identity-file=/etc/vcsnap/identity/identity.txt", "- --force"} {
 		if !strings.Contains(full, want) {
