@@ -4,13 +4,19 @@ package chart
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/vcsnap/vcsnap/report"
 	"github.com/vcsnap/vcsnap/test/rig"
 )
 
@@ -149,6 +155,38 @@ func TestChartAppliesWithLeastPrivilege(t *testing.T) {
 			t.Errorf("can-i %s %s = %q, want allowed=%v", c.verb, c.resource, strings.TrimSpace(out), c.allowed)
 		}
 	}
+	// The reports a scheduled run makes work against the real apiserver as the chart's
+	// ServiceAccount: its Role is enough, and nothing more is needed.
+	cfg := api.RESTConfig()
+	cfg.Impersonate.UserName = "system:serviceaccount:team-a:backups-vcsnap"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	target := &report.Target{Client: cs, Namespace: "team-a", JobName: "backups-vcsnap-vc1-1", JobUID: "uid-1"}
+	ok := &report.Summary{Time: time.Now(), Operation: "snapshot", Outcome: "success", VirtualCluster: "vc1", Bundle: "s3://backups/vc1/x", Keys: 7}
+	if err := target.Event(ctx, ok); err != nil {
+		t.Fatalf("Event as the ServiceAccount: %v", err)
+	}
+	for _, s := range []*report.Summary{ok, {Time: time.Now(), Operation: "snapshot", Outcome: "failure", Error: "boom"}} {
+		if err := target.ConfigMap(ctx, "vcsnap-status-vc1", s); err != nil {
+			t.Fatalf("status ConfigMap as the ServiceAccount: %v", err)
+		}
+	}
+	if err := target.ConfigMap(ctx, "some-other-configmap", ok); err == nil {
+		t.Fatal("the ServiceAccount could write a ConfigMap that is not its status")
+	}
+	admin, _ := kubernetes.NewForConfig(api.RESTConfig())
+	cm, err := admin.CoreV1().ConfigMaps("team-a").Get(ctx, "vcsnap-status-vc1", metav1.GetOptions{})
+	if err != nil || cm.Data["lastOutcome"] != "failure" || !strings.Contains(cm.Data["lastSuccess"], `"keys":7`) {
+		t.Fatalf("status ConfigMap: %v %v", cm.Data, err)
+	}
+	evs, err := admin.CoreV1().Events("team-a").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=backups-vcsnap-vc1-1"})
+	if err != nil || len(evs.Items) != 1 || evs.Items[0].Reason != "SnapshotSucceeded" {
+		t.Fatalf("events: %v %v", evs, err)
+	}
+
 	// Nothing at all in other namespaces.
 	if out, _ := run(t, kubectl, kc, "auth", "can-i", "create", "events", "-n", "default", sa); strings.TrimSpace(out) != "no" {
 		t.Errorf("can-i create events in another namespace = %q", out)
