@@ -159,7 +159,7 @@ func (s *S3Store) partSize(n int) int64 {
 func (s *S3Store) Put(ctx context.Context, name string, r io.Reader) error {
 	first := make([]byte, s.partSize(1))
 	n, err := io.ReadFull(r, first)
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	if endOfStream(err) {
 		// Small enough for one request, which is atomic by itself.
 		in := &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &name, Body: bytes.NewReader(first[:n]),
 			ContentLength: aws.Int64(int64(n))}
@@ -257,7 +257,7 @@ func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r
 		buf = nextBuffer(free, s.partSize(num+1))
 		n, rerr := io.ReadFull(ctxReader{uctx, r}, buf)
 		buf = buf[:n]
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+		if endOfStream(rerr) {
 			if n == 0 {
 				break
 			}
@@ -455,6 +455,14 @@ func (s *S3Store) ListIncomplete(ctx context.Context, prefix string) ([]ObjectIn
 		}
 		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
 	}
+}
+
+// endOfStream reports the normal end of the source stream as io.ReadFull signals it. It
+// compares by identity on purpose: a failing source may return an error that wraps
+// io.ErrUnexpectedEOF (a dropped database connection), and that must abort the upload,
+// not complete it with a truncated object.
+func endOfStream(err error) bool {
+	return err == io.EOF || err == io.ErrUnexpectedEOF //nolint:errorlint
 }
 
 // nextBuffer reuses a buffer returned by a finished part when it is big enough.

@@ -114,6 +114,15 @@ func Run(t *testing.T, opts Options, newStore func(t *testing.T) storage.Store) 
 				}
 			}
 		}
+		// A source failing with an error that wraps io.ErrUnexpectedEOF is a failure, not
+		// the end of the stream.
+		for _, size := range []int{100, opts.LargeSize} {
+			r := io.MultiReader(bytes.NewReader(randomBytes(size, 6)), wrappedEOF{})
+			if err := s.Put(ctx, "wrapped", r); err == nil {
+				t.Fatalf("put of %d bytes ending in a wrapped EOF error succeeded", size)
+			}
+			assertList(t, s, "")
+		}
 		cctx, cancel := context.WithCancel(ctx)
 		pr, pw := io.Pipe()
 		go func() {
@@ -181,4 +190,11 @@ func assertList(t *testing.T, s storage.Store, prefix string, want ...string) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("list %q = %v, want %v", prefix, got, want)
 	}
+}
+
+// wrappedEOF is how a failing source can look: an error that wraps io.ErrUnexpectedEOF.
+type wrappedEOF struct{}
+
+func (wrappedEOF) Read([]byte) (int, error) {
+	return 0, fmt.Errorf("database connection lost: %w", io.ErrUnexpectedEOF)
 }
