@@ -47,6 +47,11 @@ type Target struct {
 
 	leases  map[int64]clientv3.LeaseID
 	granted []clientv3.LeaseID
+	// Granted leases are kept alive until the restore ends, so a lease with little time
+	// left cannot expire before its last key is written; each then counts down its
+	// captured TTL from the end of the restore.
+	stopKeepAlive context.CancelFunc
+	keepAliveCtx  context.Context
 
 	batch      []clientv3.Op
 	batchBytes int
@@ -221,7 +226,30 @@ func (t *Target) Lease(ctx context.Context, l bundle.Lease) error {
 	}
 	t.leases[l.ID] = resp.ID
 	t.granted = append(t.granted, resp.ID)
+	if t.kine {
+		return nil // kine has no keep-alive; its TTLs count from each row's creation
+	}
+	if t.stopKeepAlive == nil {
+		var kctx context.Context
+		kctx, t.stopKeepAlive = context.WithCancel(context.WithoutCancel(ctx))
+		t.keepAliveCtx = kctx
+	}
+	ch, err := t.cli.KeepAlive(t.keepAliveCtx, resp.ID)
+	if err != nil {
+		return fmt.Errorf("keep lease %x alive during the restore: %w", resp.ID, err)
+	}
+	go func() {
+		for range ch { // the client needs its responses read
+		}
+	}()
 	return nil
+}
+
+// endKeepAlives lets the restored leases count down from now.
+func (t *Target) endKeepAlives() {
+	if t.stopKeepAlive != nil {
+		t.stopKeepAlive()
+	}
 }
 
 func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
@@ -273,6 +301,7 @@ func (t *Target) flush(ctx context.Context) error {
 // a watch that bypasses the cache receives every restored key as a new event rather
 // than silence.
 func (t *Target) Commit(ctx context.Context) (int64, error) {
+	defer t.endKeepAlives()
 	err := t.flush(ctx)
 	t.stopWriters()
 	if err == nil {
@@ -460,6 +489,7 @@ func (t *Target) wipe(ctx context.Context) error {
 // Abort stops the writers, removes every key written and revokes the leases granted, so
 // the target is empty again. It runs even when ctx is already cancelled.
 func (t *Target) Abort(ctx context.Context) error {
+	t.endKeepAlives()
 	if t.cancel != nil {
 		t.fail(errAborted) // the writers skip what is still queued
 		t.stopWriters()    // and the requests in flight finish before the wipe

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -64,5 +65,47 @@ func TestRevisionRaisedBeforeKeys(t *testing.T) {
 				t.Errorf("final revision %d overshoots %d by more than the writers can", final, want)
 			}
 		})
+	}
+}
+
+// A lease with little time left at capture must not expire while the restore is still
+// writing keys that use it: leases are kept alive until Commit, then count down.
+func TestShortLeaseSurvivesALongRestore(t *testing.T) {
+	ctx := context.Background()
+	e, cli := embedetcd.ForTest(t)
+	tgt, err := etcdv3.OpenTarget(ctx, etcdv3.Config{Endpoints: []string{e.Endpoint}}, etcdv3.TargetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tgt.Close()
+	if _, err := tgt.Prepare(ctx, datastore.PrepareOptions{Keys: 2, BumpRevision: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tgt.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tgt.Lease(ctx, bundle.Lease{ID: 9, TTL: 1, GrantedTTL: 60}); err != nil {
+		t.Fatal(err)
+	}
+	first := bundle.KeyValue{Key: []byte("/registry/events/a/1"), Value: []byte("e1"), Lease: 9}
+	if err := tgt.Put(ctx, &first); err != nil {
+		t.Fatal(err)
+	}
+	// The restore goes on for longer than the lease had left (etcd's minimum TTL is a
+	// few seconds, so wait clearly past it).
+	start := time.Now()
+	for time.Since(start) < 6*time.Second {
+		time.Sleep(100 * time.Millisecond)
+	}
+	last := bundle.KeyValue{Key: []byte("/registry/events/z/2"), Value: []byte("e2"), Lease: 9}
+	if err := tgt.Put(ctx, &last); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tgt.Commit(ctx); err != nil {
+		t.Fatalf("a lease expired during the restore: %v", err)
+	}
+	resp, err := cli.Get(ctx, "/registry/events/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 2 || resp.Kvs[0].Lease == 0 || resp.Kvs[0].Lease != resp.Kvs[1].Lease {
+		t.Fatalf("restored events: %v, %v", resp, err)
 	}
 }
