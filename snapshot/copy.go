@@ -73,12 +73,14 @@ func Copy(ctx context.Context, from, to string, o CopyOptions) (*CopyResult, err
 		verified <- err
 	}()
 	putErr := dst.Store.Put(ctx, dst.Name, pr)
-	pr.CloseWithError(errors.New("upload stopped"))
-	if err := <-verified; err != nil {
-		return nil, fmt.Errorf("the source bundle failed verification, nothing was written to %s: %w", dst.Store.URL(dst.Name), err)
+	pr.CloseWithError(errUploadStopped)
+	verr := <-verified
+	if putErr != nil && (verr == nil || errors.Is(verr, errUploadStopped)) {
+		// The destination failed first; the source was fine as far as it was read.
+		return nil, fmt.Errorf("write %s (nothing was left there): %w", dst.Store.URL(dst.Name), putErr)
 	}
-	if putErr != nil {
-		return nil, fmt.Errorf("write %s: %w", dst.Store.URL(dst.Name), putErr)
+	if verr != nil {
+		return nil, fmt.Errorf("the source bundle failed verification, nothing was written to %s: %w", dst.Store.URL(dst.Name), verr)
 	}
 	back, err := dst.Store.Get(ctx, dst.Name)
 	if err != nil {

@@ -44,3 +44,17 @@ func TestCopyVerifiesAndNeverLeavesAPartialCopy(t *testing.T) {
 		t.Fatalf("part files left: %v", left)
 	}
 }
+
+// When the destination fails, the error is the destination's, never "the source is
+// corrupt": a healthy source bundle must not be condemned by a failing target.
+func TestCopyReportsDestinationFailure(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	writeDated(t, filepath.Join(src, "good"), time.Now())
+	blocked := filepath.Join(t.TempDir(), "file-not-dir")
+	os.WriteFile(blocked, []byte("x"), 0o644) // the destination's parent is a file
+	_, err := snapshot.Copy(ctx, "file://"+src+"/good", "file://"+blocked+"/copy", snapshot.CopyOptions{})
+	if err == nil || errors.Is(err, bundle.ErrCorrupt) {
+		t.Fatalf("copy to a failing destination: %v; want the destination's error, not ErrCorrupt", err)
+	}
+}

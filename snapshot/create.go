@@ -16,6 +16,10 @@ import (
 	"github.com/vcsnap/vcsnap/storage"
 )
 
+// errUploadStopped is what the bundle writer sees when the store stopped reading: the
+// store's own error is then the one to report.
+var errUploadStopped = errors.New("the upload stopped reading")
+
 // ErrExists means a bundle already exists at the URL and overwriting was not asked for.
 var ErrExists = errors.New("a bundle already exists at this URL")
 
@@ -133,14 +137,14 @@ func createOnce(ctx context.Context, src datastore.Source, loc storage.Location,
 		done <- result{m, err}
 	}()
 	putErr := loc.Store.Put(ctx, loc.Name, pr)
-	pr.CloseWithError(errors.New("upload stopped"))
+	pr.CloseWithError(errUploadStopped)
 	cancel()
 	res := <-done
-	if res.err != nil {
-		return nil, res.err // the reader's failure is the cause; Put failed because of it
+	if putErr != nil && (res.err == nil || errors.Is(res.err, errUploadStopped) || errors.Is(res.err, context.Canceled)) {
+		return nil, fmt.Errorf("store the bundle: %w", putErr) // the store failed first
 	}
-	if putErr != nil {
-		return nil, fmt.Errorf("store the bundle: %w", putErr)
+	if res.err != nil {
+		return nil, res.err // the source failed; Put failed because of it
 	}
 	return res.m, nil
 }

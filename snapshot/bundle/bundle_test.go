@@ -55,8 +55,12 @@ func writeBundle(t testing.TB, c content, kind Kind, rev int64) []byte {
 
 // readBundle decodes a whole bundle, returning its content and manifest.
 func readBundle(data []byte) (content, *Manifest, error) {
+	return readFromReader(bytes.NewReader(data))
+}
+
+func readFromReader(in io.Reader) (content, *Manifest, error) {
 	var c content
-	r, err := NewReader(bytes.NewReader(data), ReaderOptions{})
+	r, err := NewReader(in, ReaderOptions{})
 	if err != nil {
 		return c, nil, err
 	}
@@ -287,3 +291,24 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// A failure of the reader below (a dropped connection) is reported as itself, never as a
+// corrupt bundle: a good backup must not be declared bad because a link failed.
+func TestSourceFailureIsNotCorruption(t *testing.T) {
+	data := writeBundle(t, goldenContent(), KindFull, 4242)
+	linkDown := errors.New("connection reset by peer")
+	for _, cut := range []int{20, len(data) / 2, len(data) - 60, len(data) - 10} {
+		r := io.MultiReader(bytes.NewReader(data[:cut]), &failingReader{linkDown})
+		_, _, err := readFromReader(r)
+		if !errors.Is(err, linkDown) || errors.Is(err, ErrCorrupt) {
+			t.Fatalf("cut at %d: %v, want the link error and not ErrCorrupt", cut, err)
+		}
+		if _, err := VerifyRaw(io.MultiReader(bytes.NewReader(data[:cut]), &failingReader{linkDown})); !errors.Is(err, linkDown) || errors.Is(err, ErrCorrupt) {
+			t.Fatalf("raw verify cut at %d: %v", cut, err)
+		}
+	}
+}
+
+type failingReader struct{ err error }
+
+func (f *failingReader) Read([]byte) (int, error) { return 0, f.err }

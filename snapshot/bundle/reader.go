@@ -15,17 +15,22 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// hashingReader counts and hashes every byte read through it.
+// hashingReader counts and hashes every byte read through it, and remembers a failure
+// of the reader below (a dropped connection is not a corrupt bundle).
 type hashingReader struct {
-	r io.Reader
-	h hash.Hash
-	n int64
+	r   io.Reader
+	h   hash.Hash
+	n   int64
+	err error
 }
 
 func (hr *hashingReader) Read(p []byte) (int, error) {
 	n, err := hr.r.Read(p)
 	hr.h.Write(p[:n])
 	hr.n += int64(n)
+	if err != nil && err != io.EOF && hr.err == nil { //nolint:errorlint // io.EOF is returned unwrapped
+		hr.err = err
+	}
 	return n, err
 }
 
@@ -244,7 +249,10 @@ func (r *Reader) Next() (*Record, error) {
 
 // bodyErr turns a failure inside the compressed body into ErrCorrupt, keeping a
 // truncation or checksum error from the layers below as it is.
-func bodyErr(err error) error {
+func (r *Reader) bodyErr(err error) error {
+	if r.in.err != nil {
+		return fmt.Errorf("read the bundle: %w", r.in.err)
+	}
 	if errors.Is(err, ErrCorrupt) {
 		return err
 	}
@@ -264,11 +272,11 @@ var ErrDecrypt = errors.New("cannot decrypt bundle")
 func (r *Reader) next() (*Record, error) {
 	t, err := r.rec.ReadByte()
 	if err != nil {
-		return nil, bodyErr(err)
+		return nil, r.bodyErr(err)
 	}
 	size, err := binary.ReadUvarint(r.rec)
 	if err != nil {
-		return nil, bodyErr(err)
+		return nil, r.bodyErr(err)
 	}
 	if size > MaxRecordSize {
 		return nil, corruptf("record claims %d bytes (limit %d)", size, MaxRecordSize)
@@ -278,7 +286,7 @@ func (r *Reader) next() (*Record, error) {
 	}
 	r.buf = r.buf[:size]
 	if _, err := io.ReadFull(r.rec, r.buf); err != nil {
-		return nil, bodyErr(err)
+		return nil, r.bodyErr(err)
 	}
 	rec := &r.rec0
 	*rec = Record{Type: RecordType(t)}
@@ -358,7 +366,7 @@ func (r *Reader) finish() error {
 	if _, err := r.rec.ReadByte(); err == nil {
 		return corruptf("data after the end record")
 	} else if !errors.Is(err, io.EOF) {
-		return bodyErr(err)
+		return r.bodyErr(err)
 	}
 	m, err := r.readTail(true)
 	if err != nil {
@@ -373,7 +381,7 @@ func (r *Reader) finish() error {
 func (r *Reader) readTail(totals bool) (*Manifest, error) {
 	// The decompressor may stop before the terminator chunk; drain it.
 	if _, err := io.Copy(io.Discard, r.chunks); err != nil {
-		return nil, bodyErr(err)
+		return nil, r.bodyErr(err)
 	}
 	if !r.chunks.done {
 		return nil, corruptf("body has no terminator")
