@@ -29,7 +29,11 @@ func (p Policy) Empty() bool {
 // PruneOptions configure Prune.
 type PruneOptions struct {
 	Policy Policy
-	DryRun bool
+	// VClusterName and VClusterNamespace, when set, limit pruning to bundles whose
+	// manifest records that virtual cluster, so clusters sharing a store prefix (or
+	// names that prefix each other, vc1 and vc1-b) never prune each other's bundles.
+	VClusterName, VClusterNamespace string
+	DryRun                          bool
 	// IncompleteGrace is how old an abandoned upload (a file store's .part file, an S3
 	// multipart upload never completed) must be before it is removed; zero means 24h.
 	IncompleteGrace time.Duration
@@ -92,6 +96,11 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		if e.Manifest == nil {
 			slog.Warn("leaving a damaged bundle alone", "bundle", e.URL, "problem", e.Problem)
 			continue
+		}
+		src := e.Manifest.Source
+		if (o.VClusterName != "" && src.VClusterName != o.VClusterName) ||
+			(o.VClusterNamespace != "" && src.VClusterNamespace != o.VClusterNamespace) {
+			continue // another virtual cluster's bundle
 		}
 		good = append(good, e)
 	}

@@ -3,6 +3,7 @@ package snapshot_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -124,5 +125,36 @@ func TestPruneNeverDeletesNewestVerified(t *testing.T) {
 	}
 	if _, err := snapshot.Prune(ctx, "file://"+dir+"/", snapshot.PruneOptions{}); err == nil {
 		t.Fatal("prune without a keep rule accepted")
+	}
+}
+
+// Clusters sharing a store prefix, with names that prefix each other, never prune each
+// other's bundles.
+func TestPruneOnlyItsOwnCluster(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for i, vc := range []string{"team", "team", "team-b", "team-b", "team-b"} {
+		var buf bytes.Buffer
+		at := time.Date(2026, 11, 1+i, 0, 0, 0, 0, time.UTC)
+		w, _ := bundle.NewWriter(&buf, bundle.WriterOptions{Now: func() time.Time { return at }})
+		src := bundle.Source{Datastore: "etcd", VClusterName: vc, VClusterNamespace: "ns"}
+		w.WriteMeta(&bundle.Meta{Source: src})
+		if _, err := w.Close(bundle.Manifest{Revision: 1, Source: src}); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d", vc, i)), buf.Bytes(), 0o644)
+	}
+	_, err := snapshot.Prune(ctx, "file://"+dir+"/team-", snapshot.PruneOptions{Policy: snapshot.Policy{Last: 1},
+		VClusterName: "team", VClusterNamespace: "ns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if got := strings.Join(names, ","); got != "team-1,team-b-2,team-b-3,team-b-4" {
+		t.Fatalf("survivors %s: team's prune touched team-b", got)
 	}
 }

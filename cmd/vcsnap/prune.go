@@ -66,6 +66,8 @@ than --incomplete-grace are removed.`,
 	f.IntVar(&o.Policy.Monthly, "keep-monthly", 0, "keep the newest snapshot of each of the last N months that have one")
 	f.StringVar(&within, "keep-within", "", "keep every snapshot this close to the newest one (e.g. 36h, 14d)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the decisions, delete nothing")
+	f.StringVar(&o.VClusterName, "vcluster-name", "", "only bundles recorded for this virtual cluster")
+	f.StringVar(&o.VClusterNamespace, "vcluster-namespace", "", "only bundles recorded for this virtual cluster namespace")
 	f.DurationVar(&o.IncompleteGrace, "incomplete-grace", 24*time.Hour, "remove abandoned uploads older than this")
 	keyFlags(cmd, &o.Keys.Keys)
 	return cmd
