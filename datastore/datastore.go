@@ -5,6 +5,7 @@ package datastore
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
@@ -82,8 +83,24 @@ type Target interface {
 	Close() error
 }
 
+// MaxBumpRevision bounds --bump-revision so revision arithmetic cannot overflow.
+const MaxBumpRevision = 1 << 40
+
+// CheckBump refuses a revision bump outside 0..MaxBumpRevision.
+func CheckBump(bump int64) error {
+	if bump < 0 || bump > MaxBumpRevision {
+		return fmt.Errorf("--bump-revision %d: want 0 to %d", bump, int64(MaxBumpRevision))
+	}
+	return nil
+}
+
+// IsEtcdBookkeeping reports the one key in a plain etcd that is the kube-apiserver's
+// bookkeeping rather than data: its compaction marker, which a new apiserver recreates.
+func IsEtcdBookkeeping(key []byte) bool { return string(key) == "compact_rev_key" }
+
 // IsBookkeeping reports keys that are a datastore's own bookkeeping rather than data:
-// kine's and the apiserver's compaction markers. They are never captured or restored.
+// kine's and the apiserver's compaction markers and kine's gap rows. kine sources and
+// targets never capture or restore them; plain etcd uses IsEtcdBookkeeping.
 func IsBookkeeping(key []byte) bool {
 	s := string(key)
 	return s == "compact_rev_key" || s == "compact_rev_key_apiserver" || (len(s) > 4 && s[:4] == "gap-")

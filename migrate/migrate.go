@@ -77,6 +77,9 @@ func Migrate(ctx context.Context, o Options) (*Result, error) {
 	if sameDatastore(o.From, o.To) {
 		return nil, fmt.Errorf("the source and the target are the same datastore (%s)", open.Redact(o.From))
 	}
+	if err := datastore.CheckBump(o.BumpRevision); err != nil {
+		return nil, err
+	}
 	if o.BumpRevision == 0 {
 		o.BumpRevision = restore.DefaultBumpRevision
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
@@ -58,6 +59,9 @@ type Result struct {
 // begun, the partial restore is undone rather than left half-written (see Target.Abort).
 func Restore(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
+	if err := datastore.CheckBump(o.BumpRevision); err != nil {
+		return nil, err
+	}
 	loc, err := storage.Open(ctx, o.Store)
 	if err != nil {
 		return nil, err
@@ -106,7 +110,8 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	abort := func(ctx context.Context, t datastore.Target, cause error) error {
 		err := abort(ctx, t, cause)
 		if safety != "" {
-			err = fmt.Errorf("%w; the previous keys are saved: vcsnap restore --force --datastore %s %s", err, open.Redact(o.Datastore), safety)
+			err = fmt.Errorf("%w; the previous keys are saved: vcsnap restore --force --datastore %s%s %s",
+				err, open.Redact(o.Datastore), keyFlags(o.Keys), safety)
 		}
 		return err
 	}
@@ -157,4 +162,17 @@ func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc 
 		return nil
 	}
 	return func(p snapshot.Progress) { p.Phase = phase; f(p) }
+}
+
+// keyFlags renders the flags that open a bundle encrypted for these keys, for the command
+// a person runs to undo a restore.
+func keyFlags(k encrypt.Keys) string {
+	var b strings.Builder
+	for _, f := range k.IdentityFiles {
+		fmt.Fprintf(&b, " --identity-file %s", f)
+	}
+	if k.PassphraseFile != "" {
+		fmt.Fprintf(&b, " --passphrase-file %s", k.PassphraseFile)
+	}
+	return b.String()
 }

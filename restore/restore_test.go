@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -97,9 +98,12 @@ func fillRandom(t *testing.T, cli *clientv3.Client, seed int64, n int) {
 			}
 		}
 	}
-	// Keys outside /registry and binary key bytes are data too.
-	if _, err := cli.Put(ctx, "\x01binary\xffkey", "x"); err != nil {
-		t.Fatal(err)
+	// Keys outside /registry, binary key bytes, and names that are bookkeeping only on
+	// kine are data too in a plain etcd.
+	for _, k := range []string{"\x01binary\xffkey", "gap-user-key", "compact_rev_key_apiserver"} {
+		if _, err := cli.Put(ctx, k, "x"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -276,6 +280,14 @@ func TestNonEmptyTargetNeedsForce(t *testing.T) {
 }
 
 // A gap that would need more revision-raising writes than allowed is refused up front.
+func TestBumpOverflowRefused(t *testing.T) {
+	_, err := restore.Restore(context.Background(), restore.Options{Store: "file:///nonexistent", Datastore: "etcd://127.0.0.1:1",
+		BumpRevision: math.MaxInt64})
+	if err == nil || !strings.Contains(err.Error(), "--bump-revision") {
+		t.Fatalf("a bump that overflows the revision: %v", err)
+	}
+}
+
 func TestRevisionGapRefusedBeforeWriting(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd")

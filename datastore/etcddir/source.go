@@ -116,7 +116,7 @@ func (s *Source) Count(ctx context.Context) (int64, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		idx, _, err := index(tx)
 		for k, e := range idx {
-			if !e.tombstone && !datastore.IsBookkeeping([]byte(k)) {
+			if !e.tombstone && !datastore.IsEtcdBookkeeping([]byte(k)) {
 				n++
 			}
 		}
@@ -137,7 +137,7 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 		rev = r
 		keys := make([]string, 0, len(idx))
 		for k, e := range idx {
-			if !e.tombstone && !datastore.IsBookkeeping([]byte(k)) {
+			if !e.tombstone && !datastore.IsEtcdBookkeeping([]byte(k)) {
 				keys = append(keys, k)
 			}
 		}

@@ -192,7 +192,7 @@ func (t *Target) Lease(ctx context.Context, l bundle.Lease) error {
 // Put writes the key at the next revision. Revisions increase with the keys (which come in
 // key order), so the key bucket is appended to, never split.
 func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
-	if datastore.IsBookkeeping(kv.Key) {
+	if datastore.IsEtcdBookkeeping(kv.Key) {
 		return nil // compaction markers of the source: the restore marks its own
 	}
 	if kv.Lease != 0 && !t.leases[kv.Lease] {

@@ -88,7 +88,8 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 			return 0, fmt.Errorf("read at revision %d: %w", rev, p.err)
 		}
 		for _, kv := range p.kvs {
-			if datastore.IsBookkeeping(kv.Key) || (s.kine && string(kv.Key) == kineHealthKey) {
+			if (s.kine && (datastore.IsBookkeeping(kv.Key) || string(kv.Key) == kineHealthKey)) ||
+				(!s.kine && datastore.IsEtcdBookkeeping(kv.Key)) {
 				// kine's health key is kine's own: it writes it whenever it starts.
 				continue
 			}
