@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -46,7 +47,7 @@ func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) (err erro
 		return err
 	}
 	dir := filepath.Dir(p)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirAllSynced(dir); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(dir, filepath.Base(p)+".*"+partSuffix)
@@ -74,7 +75,32 @@ func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) (err erro
 	if err = os.Rename(f.Name(), p); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	// The object is visible now, so Put succeeds; the data itself is already on disk.
+	if serr := syncDir(dir); serr != nil {
+		slog.Warn("the bundle is written but its directory entry may not survive a power loss", "dir", dir, "error", serr)
+	}
+	return nil
+}
+
+// mkdirAllSynced creates dir and its missing parents, fsyncing each parent of a directory
+// it created, so a bundle written into a new directory survives a crash.
+func mkdirAllSynced(dir string) error {
+	var created []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		created = append(created, d)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

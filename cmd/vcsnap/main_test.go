@@ -148,13 +148,27 @@ func TestCLIExitCodesAndOutput(t *testing.T) {
 // uploadWatcher wraps the in-process S3 server and reports the first UploadPart.
 type uploadWatcher struct {
 	h       http.Handler
-	once    sync.Once
+	mu      sync.Mutex
 	started chan struct{}
+	seen    bool
+}
+
+// reset arms the watcher for the next upload and returns its channel.
+func (u *uploadWatcher) reset() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.started, u.seen = make(chan struct{}), false
+	return u.started
 }
 
 func (u *uploadWatcher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPut && r.URL.Query().Get("partNumber") != "" {
-		u.once.Do(func() { close(u.started) })
+		u.mu.Lock()
+		if !u.seen && u.started != nil {
+			u.seen = true
+			close(u.started)
+		}
+		u.mu.Unlock()
 	}
 	u.h.ServeHTTP(w, r)
 }
@@ -194,13 +208,14 @@ func TestKilledCreateLeavesNothingListed(t *testing.T) {
 				defer proxy.Close()
 				dir := t.TempDir()
 				var url, listURL string
+				var uploading <-chan struct{}
 				switch kind {
 				case "file":
 					proxy.StallAfter(6 << 20)
 					url, listURL = "file://"+dir+"/snap", "file://"+dir+"/"
 				case "s3":
 					proxy.StallAfter(12 << 20)
-					watcher.started, watcher.once = make(chan struct{}), sync.Once{}
+					uploading = watcher.reset()
 					prefix := fmt.Sprintf("killed-%s/", sig)
 					url = "s3://bkt/" + prefix + "snap?endpoint=" + s3srv.URL + "&force-path-style=true&part-size=5242880"
 					listURL = "s3://bkt/" + prefix + "?endpoint=" + s3srv.URL + "&force-path-style=true"
@@ -229,7 +244,7 @@ func TestKilledCreateLeavesNothingListed(t *testing.T) {
 						return len(inc) == 1 && inc[0].Size > 0
 					})
 				case "s3":
-					<-watcher.started
+					<-uploading
 				}
 				cmd.Process.Signal(sig)
 				select {
