@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,20 +37,8 @@ func TestChartCronJobOnNode(t *testing.T) {
 	rig.RequireIntegration(t)
 	helm, kubectl := rig.Tool(t, "helm"), rig.Tool(t, "kubectl")
 	sw := newStopwatch(t)
-	host := rig.StartHost(t, rig.HostOptions{})
-	sw.lap("start host")
-	node := rig.StartNode(t, host, rig.NodeOptions{Images: []string{rig.ImageVCSnap, rig.ImageVCluster}})
-	sw.lap("start node (images, Ready)")
-
-	m := rig.StartMinIO(t)
-	bucket := newBucket(t, m, "vcsnap-chart")
-	mu, err := url.Parse(m.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minioForPods := node.Expose(t, mu.Host)
-	cli := newCLI(t, m)
-	sw.lap("start MinIO")
+	r := startNodeRig(t, sw, "vcsnap-chart")
+	host, node, m, bucket, cli, minioForPods := r.host, r.node, r.minio, r.bucket, r.cli, r.minioForPods
 
 	vc := rig.StartVClusterOnNode(t, host, node, rig.VClusterOptions{Name: "vc-chart", Backing: rig.VClusterSQLite})
 	sw.lap("start virtual cluster pod")

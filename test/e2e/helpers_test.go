@@ -367,3 +367,33 @@ func envOr(name, def string) string {
 	}
 	return def
 }
+
+// nodeRig is a host cluster with the real node, and MinIO reachable from its pods.
+type nodeRig struct {
+	host         *rig.Host
+	node         *rig.Node
+	minio        *rig.MinIO
+	bucket       s3Bucket
+	minioForPods string // host:port at the root end of the node's veth
+	cli          *vcsnapCLI
+}
+
+// startNodeRig starts the host, the node with the vcsnap and vcluster images, and MinIO
+// exposed to pods, timing each step on sw.
+func startNodeRig(t *testing.T, sw *stopwatch, bucket string) *nodeRig {
+	t.Helper()
+	r := &nodeRig{host: rig.StartHost(t, rig.HostOptions{})}
+	sw.lap("start host")
+	r.node = rig.StartNode(t, r.host, rig.NodeOptions{Images: []string{rig.ImageVCSnap, rig.ImageVCluster}})
+	sw.lap("start node (images, Ready)")
+	r.minio = rig.StartMinIO(t)
+	r.bucket = newBucket(t, r.minio, bucket)
+	mu, err := url.Parse(r.minio.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.minioForPods = r.node.Expose(t, mu.Host)
+	r.cli = newCLI(t, r.minio)
+	sw.lap("start MinIO")
+	return r
+}

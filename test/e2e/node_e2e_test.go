@@ -28,21 +28,8 @@ import (
 func TestNodeSnapshotJob(t *testing.T) {
 	rig.RequireIntegration(t)
 	suite := newStopwatch(t)
-	host := rig.StartHost(t, rig.HostOptions{})
-	suite.lap("start host")
-	node := rig.StartNode(t, host, rig.NodeOptions{Images: []string{rig.ImageVCSnap, rig.ImageVCluster}})
-	suite.lap("start node (images, Ready)")
-
-	// MinIO on the test machine, exposed to pods at the root end of the veth.
-	m := rig.StartMinIO(t)
-	bucket := newBucket(t, m, "vcsnap-node")
-	mu, err := url.Parse(m.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minioForPods := node.Expose(t, mu.Host)
-	cli := newCLI(t, m)
-	suite.lap("start MinIO")
+	r := startNodeRig(t, suite, "vcsnap-node")
+	host, node, m, bucket, cli, minioForPods := r.host, r.node, r.minio, r.bucket, r.cli, r.minioForPods
 
 	var tm timings
 	for i, backing := range []string{rig.VClusterSQLite, rig.VClusterEtcd} {
