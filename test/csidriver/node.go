@@ -1,20 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/vcsnap/vcsnap/test/mountinfo"
 )
 
 // node is a minimal CSI Node service: no staging, a bind mount of the volume
@@ -54,7 +52,7 @@ func (n *node) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRe
 	if _, err := d.getVolume(id); err != nil {
 		return nil, errStatus(err)
 	}
-	mounted, err := isMountPoint(target)
+	mounted, err := mountinfo.IsMountPoint(target)
 	if err != nil {
 		return nil, errStatus(err)
 	}
@@ -83,7 +81,7 @@ func (n *node) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolu
 	}
 	n.d.mu.Lock()
 	defer n.d.mu.Unlock()
-	mounted, err := isMountPoint(target)
+	mounted, err := mountinfo.IsMountPoint(target)
 	if err != nil {
 		return nil, errStatus(err)
 	}
@@ -96,48 +94,4 @@ func (n *node) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolu
 		return nil, errStatus(err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
-}
-
-// isMountPoint reports whether path is a mount point, from /proc/self/mountinfo.
-func isMountPoint(path string) (bool, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return false, err
-	}
-	if real, err := filepath.EvalSymlinks(abs); err == nil {
-		abs = real
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountPath(fields[4]) == abs {
-			return true, nil
-		}
-	}
-	return false, sc.Err()
-}
-
-// unescapeMountPath undoes the octal escapes (\040 etc.) of mountinfo.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

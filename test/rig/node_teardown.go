@@ -1,7 +1,6 @@
 package rig
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/vcsnap/vcsnap/test/mountinfo"
 )
 
 // NodeTeardownReport is what the node's teardown did and found.
@@ -326,58 +327,16 @@ func nodeProcesses(dir, cgroupRoot string) []procInfo {
 	return out
 }
 
-type mountEntry struct {
-	point  string
-	fstype string
-}
-
-func mounts() []mountEntry {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 {
-			continue
-		}
-		fs := ""
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) {
-				fs = fields[i+1]
-				break
-			}
-		}
-		out = append(out, mountEntry{point: unescapeMount(fields[4]), fstype: fs})
-	}
-	return out
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+// mounts lists the current mounts; on a read error it returns none, and the checks that
+// use it then find nothing to clean.
+func mounts() []mountinfo.Entry {
+	m, _ := mountinfo.Read()
+	return m
 }
 
 func isMountPoint(p string) bool {
 	for _, m := range mounts() {
-		if m.point == p {
+		if m.Point == p {
 			return true
 		}
 	}
@@ -389,8 +348,8 @@ func mountsUnder(dir string) []string {
 	dir = filepath.Clean(dir)
 	var out []string
 	for _, m := range mounts() {
-		if m.point == dir || strings.HasPrefix(m.point, dir+"/") {
-			out = append(out, m.point)
+		if m.Point == dir || strings.HasPrefix(m.Point, dir+"/") {
+			out = append(out, m.Point)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
@@ -417,8 +376,8 @@ func removeWorkDir(dir string) error {
 func cgroupMounts() []string {
 	var out []string
 	for _, m := range mounts() {
-		if m.fstype == "cgroup" || m.fstype == "cgroup2" {
-			out = append(out, m.point)
+		if m.FSType == "cgroup" || m.FSType == "cgroup2" {
+			out = append(out, m.Point)
 		}
 	}
 	return out
