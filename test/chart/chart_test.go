@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -19,11 +18,6 @@ import (
 	"github.com/vcsnap/vcsnap/report"
 	"github.com/vcsnap/vcsnap/test/rig"
 )
-
-func chartDir(t *testing.T) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "chart", "vcsnap")
-}
 
 func run(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
@@ -56,7 +50,7 @@ var valueSets = map[string][]string{
 
 func template(t *testing.T, helm string, set []string) string {
 	t.Helper()
-	args := []string{"template", "backups", chartDir(t), "--namespace", "team-a"}
+	args := []string{"template", "backups", rig.ChartDir(t), "--namespace", "team-a"}
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
@@ -72,7 +66,7 @@ func TestChartLintAndTemplate(t *testing.T) {
 	helm := rig.Tool(t, "helm")
 	for name, set := range valueSets {
 		t.Run(name, func(t *testing.T) {
-			args := []string{"lint", "--strict", chartDir(t)}
+			args := []string{"lint", "--strict", rig.ChartDir(t)}
 			for _, s := range set {
 				args = append(args, "--set", s)
 			}
@@ -93,7 +87,7 @@ func TestChartLintAndTemplate(t *testing.T) {
 		})
 	}
 	// A value outside the schema is refused.
-	if out, err := run(t, helm, "template", "x", chartDir(t), "--set", "s3.secretKey=abc"); err == nil {
+	if out, err := run(t, helm, "template", "x", rig.ChartDir(t), "--set", "s3.secretKey=abc"); err == nil {
 		t.Fatalf("schema accepted an unknown value:\n%s", out)
 	}
 	full := template(t, helm, valueSets["full"])

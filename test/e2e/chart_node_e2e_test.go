@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -93,7 +92,7 @@ podSecurityContext:
 	if err := os.WriteFile(valuesFile, []byte(values), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := runTool(helm, "template", "backups", chartPath(), "--namespace", vc.Namespace, "-f", valuesFile)
+	out, err := runTool(helm, "template", "backups", rig.ChartDir(t), "--namespace", vc.Namespace, "-f", valuesFile)
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, out)
 	}
@@ -249,12 +248,6 @@ func ownedBy(j *batchv1.Job, kind, name string) bool {
 		}
 	}
 	return false
-}
-
-// chartPath is the chart's directory in the repository.
-func chartPath() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "chart", "vcsnap")
 }
 
 // runTool runs a tool from the tools cache and returns its combined output.

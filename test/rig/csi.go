@@ -167,3 +167,13 @@ func (d *CSIDriver) VolumeDir(pvNameOrHandle string) string {
 func (d *CSIDriver) SnapshotFile(handle string) string {
 	return filepath.Join(d.Root, "snapshots", csiID(handle)+".tar")
 }
+
+// ChartDir is the Helm chart's directory in the repository.
+func ChartDir(t testing.TB) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "chart", "vcsnap")
+}
