@@ -128,14 +128,14 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 		return nil, err
 	}
 	res.PreviousRevision, res.PreviousKeys = state.Revision, state.Keys
+	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions}
+	abort := guard.Abort
 	if o.Force && state.Keys != 0 {
 		if o.SafetyBackup != "" {
-			sb, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: o.To, DatastoreOptions: o.ToOptions,
-				Store: o.SafetyBackup, Tool: "vcsnap migrate (safety backup)"})
-			if err != nil {
-				return nil, fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
+			if err := guard.Save(ctx, o.SafetyBackup); err != nil {
+				return nil, err
 			}
-			res.SafetyBackup = sb.URL
+			res.SafetyBackup = guard.Saved
 		}
 		slog.Warn("replacing the target's existing keys (--force)", "target", res.To, "keys", state.Keys, "revision", state.Revision)
 	}
@@ -190,16 +190,6 @@ func (f *forward) Put(kv *bundle.KeyValue) error {
 		f.progress(snapshot.Progress{Phase: "migrate", Keys: f.keys, TotalKeys: f.total, Bytes: f.bytes})
 	}
 	return f.tg.Put(f.ctx, kv)
-}
-
-func abort(ctx context.Context, tg datastore.Target, cause error) error {
-	if err := tg.Abort(ctx); err != nil {
-		return fmt.Errorf("%w (and undoing the partial migration failed too: %v; clean the target before the next attempt)", cause, err)
-	}
-	if errors.Is(cause, context.Canceled) {
-		return fmt.Errorf("migration cancelled; the partial target was undone: %w", cause)
-	}
-	return fmt.Errorf("migration failed; the partial target was undone: %w", cause)
 }
 
 // sourceRevision is the source's current revision: from the source itself when it can

@@ -17,6 +17,8 @@ import (
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
 	"github.com/vcsnap/vcsnap/migrate"
+	"github.com/vcsnap/vcsnap/restore"
+	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/embedetcd"
 )
@@ -249,5 +251,40 @@ func TestMigrateSpeed(t *testing.T) {
 		}
 		took := time.Since(start)
 		t.Logf("migrated %d keys (%d MiB of values) to %s in %v: %.0f keys/s", r.Keys, r.ValueBytes>>20, r.ToKind, took.Round(time.Millisecond), float64(r.Keys)/took.Seconds())
+	}
+}
+
+// A forced migration interrupted while writing is undone, and its error names the command
+// that brings back the keys the target had.
+func TestInterruptedForcedMigrationNamesTheUndo(t *testing.T) {
+	src, srcCli := embedetcd.ForTest(t)
+	dst, dstCli := embedetcd.ForTest(t)
+	bctx := context.Background()
+	for i := 0; i < 3000; i++ {
+		if _, err := srcCli.Put(bctx, fmt.Sprintf("/registry/configmaps/ns/cm-%05d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := dstCli.Put(bctx, "/registry/configmaps/old/keep-me", "old"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(bctx)
+	defer cancel()
+	safety := "file://" + filepath.Join(t.TempDir(), "before-migration")
+	_, err := migrate.Migrate(ctx, migrate.Options{From: src.URL, To: dst.URL, Force: true, SafetyBackup: safety,
+		Progress: func(p snapshot.Progress) {
+			if p.Keys >= 1024 {
+				cancel()
+			}
+		}})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "vcsnap restore --force --datastore "+dst.URL+" "+safety) {
+		t.Fatalf("interrupted migration returned %v", err)
+	}
+	if _, err := restore.Restore(bctx, restore.Options{Store: safety, Datastore: dst.URL, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := dstCli.Get(bctx, "/registry/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "old" {
+		t.Fatalf("after the undo the target holds %v, %v", resp, err)
 	}
 }

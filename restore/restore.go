@@ -3,10 +3,8 @@ package restore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
@@ -89,32 +87,16 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var safety string
+	guard := &Guard{Op: "restore", Datastore: o.Datastore, Options: o.DatastoreOptions, Keys: o.Keys}
 	if o.Force && state.Keys > 0 {
 		if o.SafetyBackup != "" {
-			// Encrypted like the bundle being restored: the target holds the same kind of secrets.
-			recips, err := o.Keys.Recipients()
-			if err != nil {
+			if err := guard.Save(ctx, o.SafetyBackup); err != nil {
 				return nil, err
 			}
-			sb, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: o.Datastore, DatastoreOptions: o.DatastoreOptions,
-				Store: o.SafetyBackup, Encrypt: recips, Tool: "vcsnap restore (safety backup)"})
-			if err != nil {
-				return nil, fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
-			}
-			safety = sb.URL
-			slog.Info("saved the target's current keys before replacing them", "bundle", safety, "keys", sb.Manifest.Keys)
 		}
 		slog.Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
 	}
-	abort := func(ctx context.Context, t datastore.Target, cause error) error {
-		err := abort(ctx, t, cause)
-		if safety != "" {
-			err = fmt.Errorf("%w; the previous keys are saved: vcsnap restore --force --datastore %s%s %s",
-				err, open.Redact(o.Datastore), keyFlags(o.Keys), safety)
-		}
-		return err
-	}
+	abort := guard.Abort
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}
@@ -144,17 +126,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
 	}
 	return &Result{URL: loc.Store.URL(loc.Name), Manifest: m, PreviousRevision: state.Revision, PreviousKeys: state.Keys,
-		SafetyBackup: safety, Revision: rev, Duration: time.Since(start)}, nil
-}
-
-func abort(ctx context.Context, t datastore.Target, cause error) error {
-	if err := t.Abort(ctx); err != nil {
-		return fmt.Errorf("%w (and undoing the partial restore failed too: %v; empty the target before the next attempt)", cause, err)
-	}
-	if errors.Is(cause, context.Canceled) {
-		return fmt.Errorf("restore cancelled; the partial restore was undone: %w", cause)
-	}
-	return fmt.Errorf("restore failed; the partial restore was undone: %w", cause)
+		SafetyBackup: guard.Saved, Revision: rev, Duration: time.Since(start)}, nil
 }
 
 func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc {
@@ -162,17 +134,4 @@ func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc 
 		return nil
 	}
 	return func(p snapshot.Progress) { p.Phase = phase; f(p) }
-}
-
-// keyFlags renders the flags that open a bundle encrypted for these keys, for the command
-// a person runs to undo a restore.
-func keyFlags(k encrypt.Keys) string {
-	var b strings.Builder
-	for _, f := range k.IdentityFiles {
-		fmt.Fprintf(&b, " --identity-file %s", f)
-	}
-	if k.PassphraseFile != "" {
-		fmt.Fprintf(&b, " --passphrase-file %s", k.PassphraseFile)
-	}
-	return b.String()
 }

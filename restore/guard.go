@@ -1,0 +1,75 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+)
+
+// Guard protects a target that a restore or a migration writes into: it saves the
+// target's keys before --force replaces them, and it turns a failure after writing began
+// into an error that says what was undone and how to get the old keys back.
+type Guard struct {
+	Op        string // "restore" or "migration", for messages
+	Datastore string
+	Options   open.Options
+	// Keys encrypt the safety bundle exactly as strongly as the bundle being restored.
+	Keys encrypt.Keys
+	// Saved is the safety bundle's URL once Save succeeded.
+	Saved string
+}
+
+// Save stores the target's current keys as a bundle at store.
+func (g *Guard) Save(ctx context.Context, store string) error {
+	recips, err := g.Keys.Recipients()
+	if err != nil {
+		return err
+	}
+	sb, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: g.Datastore, DatastoreOptions: g.Options,
+		Store: store, Encrypt: recips, Tool: "vcsnap " + g.Op + " (safety backup)"})
+	if err != nil {
+		return fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
+	}
+	g.Saved = sb.URL
+	slog.Info("saved the target's current keys before replacing them", "bundle", g.Saved, "keys", sb.Manifest.Keys)
+	return nil
+}
+
+// Abort undoes the partial write (see datastore.Target.Abort) and explains the outcome,
+// naming the one command that restores the saved keys.
+func (g *Guard) Abort(ctx context.Context, t datastore.Target, cause error) error {
+	var err error
+	switch aerr := t.Abort(ctx); {
+	case aerr != nil:
+		err = fmt.Errorf("%w (and undoing the partial %s failed too: %v; empty the target before the next attempt)", cause, g.Op, aerr)
+	case errors.Is(cause, context.Canceled):
+		err = fmt.Errorf("%s cancelled; the partial %s was undone: %w", g.Op, g.Op, cause)
+	default:
+		err = fmt.Errorf("%s failed; the partial %s was undone: %w", g.Op, g.Op, cause)
+	}
+	if g.Saved != "" {
+		err = fmt.Errorf("%w; the previous keys are saved: vcsnap restore --force --datastore %s%s %s",
+			err, open.Redact(g.Datastore), keyFlags(g.Keys), g.Saved)
+	}
+	return err
+}
+
+// keyFlags renders the flags that open a bundle encrypted for these keys, for the command
+// a person runs to undo a restore.
+func keyFlags(k encrypt.Keys) string {
+	var b strings.Builder
+	for _, f := range k.IdentityFiles {
+		fmt.Fprintf(&b, " --identity-file %s", f)
+	}
+	if k.PassphraseFile != "" {
+		fmt.Fprintf(&b, " --passphrase-file %s", k.PassphraseFile)
+	}
+	return b.String()
+}
