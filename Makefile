@@ -29,14 +29,16 @@ vet:
 
 test: setup vet
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzReader -fuzztime 15s ./snapshot/bundle/
+	bash test/fuzz.sh 100000
 
 # Unit tests only: no servers started.
 test-short:
 	$(GO) test -short ./...
 
+# Longer fuzzing of the bundle decoder and the URL parsers (FUZZ_EXECS per target).
+FUZZ_EXECS ?= 5000000
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 5m ./snapshot/bundle/
+	bash test/fuzz.sh $(FUZZ_EXECS)
 
 clean:
 	rm -rf bin out

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
@@ -104,4 +105,24 @@ func IsEtcdBookkeeping(key []byte) bool { return string(key) == "compact_rev_key
 func IsBookkeeping(key []byte) bool {
 	s := string(key)
 	return s == "compact_rev_key" || s == "compact_rev_key_apiserver" || (len(s) > 4 && s[:4] == "gap-")
+}
+
+// RedactURL hides the password in a datastore URL's userinfo (scheme://user:password@...)
+// so the URL can appear in logs and errors. It works on text that does not parse as a
+// URL too, such as MySQL's user:pw@tcp(host:3306)/db.
+func RedactURL(raw string) string {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return raw
+	}
+	rest := raw[i+3:]
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return raw
+	}
+	return raw[:i+3] + user + ":xxxxx" + rest[at:]
 }

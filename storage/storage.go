@@ -49,35 +49,54 @@ type Location struct {
 
 // Open parses a store URL (file:///path/name or s3://bucket/key?options) and opens the store.
 func Open(ctx context.Context, raw string) (Location, error) {
+	p, err := parseURL(raw)
+	if err != nil {
+		return Location{}, err
+	}
+	if p.scheme == "file" {
+		return Location{Store: NewFileStore("/"), Name: p.name}, nil
+	}
+	s, err := NewS3Store(ctx, p.s3)
+	if err != nil {
+		return Location{}, err
+	}
+	return Location{Store: s, Name: p.name}, nil
+}
+
+// parsedURL is a store URL taken apart, before any store is opened.
+type parsedURL struct {
+	scheme string // "file" or "s3"
+	s3     S3Options
+	name   string
+}
+
+func parseURL(raw string) (parsedURL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Location{}, fmt.Errorf("store URL: %w", err)
+		// url.Error quotes the whole URL, which may hold a credential: keep only its reason.
+		return parsedURL{}, fmt.Errorf("store URL: %w", errors.Unwrap(err))
 	}
 	if u.User != nil {
-		return Location{}, errors.New("store URL must not carry credentials: use the environment or the AWS credential chain")
+		return parsedURL{}, errors.New("store URL must not carry credentials: use the environment or the AWS credential chain")
 	}
 	switch u.Scheme {
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
-			return Location{}, fmt.Errorf("file URL %q has a host; write file:///absolute/path", raw)
+			return parsedURL{}, fmt.Errorf("file URL %q has a host; write file:///absolute/path", raw)
 		}
 		if !strings.HasPrefix(u.Path, "/") || u.Path == "/" {
-			return Location{}, fmt.Errorf("file URL %q needs an absolute path, such as file:///backups/name", raw)
+			return parsedURL{}, fmt.Errorf("file URL %q needs an absolute path, such as file:///backups/name", raw)
 		}
-		return Location{Store: NewFileStore("/"), Name: strings.TrimPrefix(u.Path, "/")}, nil
+		return parsedURL{scheme: "file", name: strings.TrimPrefix(u.Path, "/")}, nil
 	case "s3":
 		opts, err := parseS3Options(u)
 		if err != nil {
-			return Location{}, err
+			return parsedURL{}, err
 		}
-		s, err := NewS3Store(ctx, opts)
-		if err != nil {
-			return Location{}, err
-		}
-		return Location{Store: s, Name: strings.TrimPrefix(u.Path, "/")}, nil
+		return parsedURL{scheme: "s3", s3: opts, name: strings.TrimPrefix(u.Path, "/")}, nil
 	case "":
-		return Location{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name or s3://bucket/key", raw)
+		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name or s3://bucket/key", raw)
 	default:
-		return Location{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
+		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
 	}
 }

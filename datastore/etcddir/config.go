@@ -10,6 +10,7 @@ package etcddir
 
 import (
 	"fmt"
+	"github.com/vcsnap/vcsnap/datastore"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -40,24 +41,25 @@ type Config struct {
 // "default", peer URL http://localhost:2380; the token defaults to "vcluster".
 func ParseURL(raw string) (Config, error) {
 	const scheme = "etcd-dir://"
+	shown := datastore.RedactURL(raw)
 	if !strings.HasPrefix(raw, scheme) {
-		return Config{}, fmt.Errorf("not an etcd-dir URL: %q", raw)
+		return Config{}, fmt.Errorf("not an etcd-dir URL: %q", shown)
 	}
 	rest := strings.TrimPrefix(raw, scheme)
 	p, query, _ := strings.Cut(rest, "?")
 	if p == "" {
-		return Config{}, fmt.Errorf("datastore URL %q has no directory: write etcd-dir:///data/etcd", raw)
+		return Config{}, fmt.Errorf("datastore URL %q has no directory: write etcd-dir:///data/etcd", shown)
 	}
 	dir, err := url.PathUnescape(p)
 	if err != nil {
-		return Config{}, fmt.Errorf("datastore URL %q: %w", raw, err)
+		return Config{}, fmt.Errorf("datastore URL %q: %w", shown, err)
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
 		return Config{}, err
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
-		return Config{}, fmt.Errorf("datastore URL %q: %w", raw, err)
+		return Config{}, fmt.Errorf("datastore URL %q: %w", shown, err)
 	}
 	for k := range q {
 		switch k {

@@ -33,16 +33,18 @@ type Config struct {
 // ParseURL turns etcd://h:p[,h2:p2], etcds://h:p?cacert=&cert=&key=[&insecure-skip-tls-verify=true]
 // or unix:///path/kine.sock into a Config.
 func ParseURL(raw string) (Config, error) {
+	shown := datastore.RedactURL(raw)
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, fmt.Errorf("datastore URL: %w", err)
+		// url.Error quotes the whole URL, password included: keep only its reason.
+		return Config{}, fmt.Errorf("datastore URL %q: %w", shown, errors.Unwrap(err))
 	}
 	var c Config
 	q := u.Query()
 	switch u.Scheme {
 	case "etcd", "etcds":
 		if u.Host == "" {
-			return c, fmt.Errorf("datastore URL %q has no host: write %s://host:port", raw, u.Scheme)
+			return c, fmt.Errorf("datastore URL %q has no host: write %s://host:port", shown, u.Scheme)
 		}
 		scheme := "http"
 		if u.Scheme == "etcds" {
@@ -56,11 +58,11 @@ func ParseURL(raw string) (Config, error) {
 		}
 	case "unix":
 		if u.Path == "" {
-			return c, fmt.Errorf("datastore URL %q has no socket path: write unix:///path/kine.sock", raw)
+			return c, fmt.Errorf("datastore URL %q has no socket path: write unix:///path/kine.sock", shown)
 		}
 		c.Endpoints = []string{"unix://" + u.Path}
 	default:
-		return c, fmt.Errorf("not an etcd v3 URL: %q", raw)
+		return c, fmt.Errorf("not an etcd v3 URL: %q", shown)
 	}
 	c.Prefix = q.Get("prefix")
 	for k := range q {

@@ -14,6 +14,7 @@ package kinesql
 import (
 	"errors"
 	"fmt"
+	"github.com/vcsnap/vcsnap/datastore"
 	"log/slog"
 	"net/url"
 	"path/filepath"
@@ -206,19 +207,7 @@ func scrub(err error, u *url.URL) error {
 }
 
 // redact hides the password of a datastore URL.
-func redact(raw string) string {
-	i := strings.Index(raw, "://")
-	at := strings.LastIndex(raw, "@")
-	if i < 0 || at < i {
-		return raw
-	}
-	userinfo := raw[i+3 : at]
-	user, _, hasPw := strings.Cut(userinfo, ":")
-	if !hasPw {
-		return raw
-	}
-	return raw[:i+3] + user + ":xxxxx" + raw[at:]
-}
+func redact(raw string) string { return datastore.RedactURL(raw) }
 
 // Kind is the datastore kind recorded in bundles.
 func (c Config) Kind() string { return "kine-" + c.Dialect }

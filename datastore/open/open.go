@@ -16,7 +16,6 @@ package open
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 
@@ -137,19 +136,4 @@ func unsupported(scheme string) error {
 }
 
 // Redact hides a password in a datastore URL so it can be logged.
-func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		if at := strings.LastIndex(raw, "@"); at > 0 {
-			if i := strings.Index(raw, "://"); i > 0 && i < at {
-				userinfo := raw[i+3 : at]
-				if user, _, ok := strings.Cut(userinfo, ":"); ok {
-					return raw[:i+3] + user + ":xxxxx" + raw[at:]
-				}
-				return raw
-			}
-		}
-		return raw
-	}
-	return u.Redacted()
-}
+func Redact(raw string) string { return datastore.RedactURL(raw) }

@@ -101,6 +101,10 @@ type Source struct {
 	VClusterName      string `json:"vclusterName,omitempty"`
 	VClusterNamespace string `json:"vclusterNamespace,omitempty"`
 	KubernetesVersion string `json:"kubernetesVersion,omitempty"`
+	VClusterVersion   string `json:"vclusterVersion,omitempty"`
+	// Host facts a restore onto another host translates against.
+	HostServiceCIDR string `json:"hostServiceCIDR,omitempty"`
+	ServiceCIDR     string `json:"serviceCIDR,omitempty"` // the virtual cluster's own
 }
 
 // Manifest is the clear JSON at the end of a bundle, read by describe and list without
@@ -122,6 +126,35 @@ type Manifest struct {
 	Partial      bool        `json:"partial,omitempty"`
 	Encryption   *Encryption `json:"encryption,omitempty"`
 	Tool         string      `json:"tool"`
+	// Volumes are the CSI volume snapshots taken with the datastore. They sit in the clear
+	// manifest (handles, names and sizes are not secret) so that copying a bundle to
+	// another region can rewrite the handles without the decryption key.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is one host PVC of a virtual cluster captured as a CSI volume snapshot.
+type Volume struct {
+	// The host PVC the snapshot was taken of.
+	Namespace string `json:"namespace"`
+	PVC       string `json:"pvc"`
+	// The PVC inside the virtual cluster it is synced from; empty for the control
+	// plane's own data volume.
+	VirtualNamespace string `json:"virtualNamespace,omitempty"`
+	VirtualName      string `json:"virtualName,omitempty"`
+	Driver           string `json:"driver"`
+	SnapshotHandle   string `json:"snapshotHandle"`
+	// Region holds the handle's region when the driver's snapshots are region-bound
+	// (EBS), after a cross-region copy the target region.
+	Region              string            `json:"region,omitempty"`
+	RestoreSize         int64             `json:"restoreSize"`
+	StorageClass        string            `json:"storageClass,omitempty"`
+	VolumeSnapshotClass string            `json:"volumeSnapshotClass,omitempty"`
+	AccessModes         []string          `json:"accessModes,omitempty"`
+	VolumeMode          string            `json:"volumeMode,omitempty"`
+	Labels              map[string]string `json:"labels,omitempty"`
+	Annotations         map[string]string `json:"annotations,omitempty"`
+	// Error is why this volume is missing from a partial bundle.
+	Error string `json:"error,omitempty"`
 }
 
 // Meta is the first record of the body. Unlike the manifest it is inside the compressed
