@@ -13,11 +13,11 @@ import (
 type HTTPKind int
 
 const (
-	Pass     HTTPKind = iota
-	SlowDown          // answer 503 SlowDown as S3 does when throttling, without forwarding
-	ResetReq          // reset the connection before any answer (the request may not arrive)
-	CutBody           // forward, then cut the answer's body after HTTPFault.After bytes
-	CutUpload         // forward only HTTPFault.After bytes of the request body, then reset
+	Pass      HTTPKind = iota
+	SlowDown           // answer 503 SlowDown as S3 does when throttling, without forwarding
+	ResetReq           // reset the connection before any answer (the request may not arrive)
+	CutBody            // forward, then cut the answer's body after HTTPFault.After bytes
+	CutUpload          // forward only HTTPFault.After bytes of the request body, then reset
 )
 
 func (k HTTPKind) String() string {
