@@ -78,11 +78,11 @@ func (p *Proxy) Stalled() <-chan struct{} { return p.stalled }
 func (p *Proxy) Release() { p.closeOnce.Do(func() { close(p.release) }) }
 
 // SetPlan decides the fault of every connection accepted from now on, by its number
-// (0, 1, 2, ... since the proxy started). A nil plan, or Kind None, forwards faithfully.
+// (0, 1, 2, ... counted from this call). A nil plan, or Kind None, forwards faithfully.
 func (p *Proxy) SetPlan(plan func(conn int) Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.plan = plan
+	p.plan, p.accepted = plan, 0
 }
 
 // Injected counts the faults that actually happened, by kind.

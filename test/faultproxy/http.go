@@ -62,11 +62,12 @@ func NewHTTP(target string) (*HTTPProxy, error) {
 	return p, nil
 }
 
-// SetPlan decides the fault of every request from now on by its number and content.
+// SetPlan decides the fault of every request from now on by its number (counted from
+// this call) and content.
 func (p *HTTPProxy) SetPlan(plan func(n int, r *http.Request) HTTPFault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.plan = plan
+	p.plan, p.requests = plan, 0
 }
 
 // Injected counts the faults that happened, by kind.
