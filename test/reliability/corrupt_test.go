@@ -181,10 +181,13 @@ var mutations = map[string]func(r *rand.Rand, l layout) []byte{
 		return reseal(b)
 	},
 	"header-json-garbage-resealed": func(r *rand.Rand, l layout) []byte {
+		// Random bytes may leave valid JSON with other values (a valid bundle, then);
+		// breaking the opening brace makes the header unreadable whatever else changes.
 		b := bytes.Clone(l.raw)
-		for range 1 + r.Intn(4) {
-			b[16+r.Intn(l.headerLen-16)] = byte(r.Intn(256))
+		for range r.Intn(4) {
+			b[17+r.Intn(l.headerLen-17)] = byte(r.Intn(256))
 		}
+		b[16] = "[x\x00\xff"[r.Intn(4)]
 		return reseal(b)
 	},
 	"body-terminator-missing-resealed": func(r *rand.Rand, l layout) []byte {
