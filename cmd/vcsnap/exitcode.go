@@ -8,6 +8,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/storage"
+	"github.com/vcsnap/vcsnap/vcluster"
 )
 
 // Exit codes, documented in README.md. This is the only place errors become exit codes.
@@ -16,7 +17,7 @@ const (
 	exitFailure     = 1   // anything not listed below
 	exitUsage       = 2   // bad flags or arguments
 	exitCorrupt     = 3   // the bundle failed verification: corrupt, truncated, incomplete
-	exitNotFound    = 4   // the bundle or object does not exist
+	exitNotFound    = 4   // the bundle or object (or the named virtual cluster) does not exist
 	exitRefused     = 5   // refused to overwrite: non-empty target, existing bundle, revision gap
 	exitUnsupported = 6   // a newer bundle format, or not a vcsnap bundle at all
 	exitUnavailable = 7   // the datastore could not be reached
@@ -31,16 +32,19 @@ func (u usageError) Unwrap() error { return u.error }
 
 func exitCode(err error) int {
 	var ue usageError
+	var ee *engineError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &ee):
+		return ee.code // the engine Job's own vcsnap exit code
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete):
 		return exitCorrupt
-	case errors.Is(err, storage.ErrNotFound):
+	case errors.Is(err, storage.ErrNotFound), errors.Is(err, vcluster.ErrNotFound):
 		return exitNotFound
 	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap):
 		return exitRefused

@@ -69,7 +69,7 @@ into one verified, compressed bundle in an object store, and restores it.`,
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().BoolVarP(&a.quiet, "quiet", "q", false, "no progress display")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.migrateCommand(), a.versionCommand())
+	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.resumeCommand(), a.migrateCommand(), a.versionCommand())
 	return root
 }
 
