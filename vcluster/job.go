@@ -222,11 +222,13 @@ func (r *JobResult) LogTail(n int) string {
 // ErrJobFailed means the engine ran and failed; the error carries its log tail.
 var ErrJobFailed = errors.New("vcsnap's engine Job failed")
 
-// fatalWaiting are pod waiting reasons that will not resolve on their own.
-var fatalWaiting = map[string]bool{
-	"ErrImageNeverPull": true, "InvalidImageName": true, "ImagePullBackOff": true, "ErrImagePull": true,
-	"CreateContainerConfigError": true, "CreateContainerError": true,
-}
+// Pod waiting reasons that end the run: at once (they never resolve), or when they
+// last a minute (a pull or a Secret may still come through).
+var (
+	fatalWaiting = map[string]bool{"ErrImageNeverPull": true, "InvalidImageName": true}
+	stuckWaiting = map[string]bool{"ImagePullBackOff": true, "ErrImagePull": true,
+		"CreateContainerConfigError": true, "CreateContainerError": true}
+)
 
 // RunJob creates the temporary Secret and the Job, waits until the Job finishes, reads
 // the pod's log, and deletes both (also when ctx is cancelled, stopping the engine
@@ -287,7 +289,11 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 		}
 		for _, p := range pods.Items {
 			for _, st := range p.Status.ContainerStatuses {
-				if w := st.State.Waiting; w != nil && fatalWaiting[w.Reason] {
+				w := st.State.Waiting
+				if w != nil && fatalWaiting[w.Reason] {
+					return false, fmt.Errorf("the engine pod %s cannot start: %s: %s (check --image and --image-pull-policy)", p.Name, w.Reason, w.Message)
+				}
+				if w != nil && stuckWaiting[w.Reason] {
 					if stuck != w.Reason {
 						stuck, stuckSince = w.Reason, time.Now()
 					}

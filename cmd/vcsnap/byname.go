@@ -122,7 +122,9 @@ func (p *plan) step(format string, args ...any) {
 func (p *plan) print() error {
 	return p.a.emit(map[string]any{"dryRun": true, "actions": p.Actions}, func() {
 		for _, s := range p.Actions {
-			fmt.Fprintf(p.a.stdout, "[dry-run] %s\n", s)
+			for _, l := range strings.Split(s, "\n") {
+				fmt.Fprintf(p.a.stdout, "[dry-run] %s\n", l)
+			}
 		}
 	})
 }
@@ -424,15 +426,22 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	if b.kf.dryRun {
 		return p.print()
 	}
+	// Resume in every case, also after Ctrl-C: after a failure the engine has put the
+	// old state back.
+	resume := func() error {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		defer rcancel()
+		return vcluster.Resume(rctx, cs, vc)
+	}
 	if _, err := vcluster.Pause(ctx, cs, vc); err != nil {
-		return err
+		if rerr := resume(); rerr != nil {
+			return fmt.Errorf("%w; resuming failed too: %v", err, rerr)
+		}
+		return fmt.Errorf("%w; nothing was restored and the virtual cluster runs again", err)
 	}
 	var res restore.Result
 	jr, runErr := a.runEngine(ctx, cs, ej, &res)
-	// Resume in every case: after a failure the engine has put the old state back.
-	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
-	defer rcancel()
-	resumeErr := vcluster.Resume(rctx, cs, vc)
+	resumeErr := resume()
 	if runErr != nil {
 		err := fmt.Errorf("restore of %s/%s failed; the datastore was left as it was: %w", vc.Namespace, vc.Name, runErr)
 		if resumeErr != nil {
@@ -442,6 +451,9 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	if resumeErr != nil {
 		return fmt.Errorf("the datastore of %s/%s was restored, but the virtual cluster did not come back: %w", vc.Namespace, vc.Name, resumeErr)
+	}
+	if _, q, ok := strings.Cut(store, "?"); ok && res.SafetyBackup != "" && !strings.Contains(res.SafetyBackup, "?") {
+		res.SafetyBackup += "?" + q // the store's options (endpoint, region) reach it too
 	}
 	out := &RestoreByNameResult{Restore: &res, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: time.Since(start)}
 	return a.emit(out, func() {
