@@ -2,7 +2,9 @@ package translate
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"reflect"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -60,14 +62,51 @@ func decode(value []byte) (*object, error) {
 	default:
 		return nil, errUndecodable{"neither protobuf nor JSON"}
 	}
-	again, err := o.encode()
-	if err != nil {
+	if err := o.lossless(value); err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(again, value) {
-		return nil, fmt.Errorf("re-encoding this %s would change it beyond the rule (%d bytes stored, %d re-encoded): it holds fields this vcsnap build does not know; use a vcsnap built for this Kubernetes version", o.gvk.Kind, len(value), len(again))
-	}
 	return o, nil
+}
+
+// lossless checks that encoding the decoded object keeps everything the stored value
+// holds: every protobuf field is one this build knows (see unknownField); JSON encodes
+// back to the same document (key order aside).
+func (o *object) lossless(value []byte) error {
+	if o.proto {
+		var unk runtime.Unknown
+		if err := unk.Unmarshal(value[len(protobufMagic):]); err != nil {
+			return err
+		}
+		path, err := unknownField(unk.Raw, reflect.TypeOf(o.obj), o.gvk.Kind)
+		if err != nil {
+			return err
+		}
+		if path != "" {
+			return fmt.Errorf("this %s holds field %s, which this vcsnap build does not know (written by a newer Kubernetes?); rewriting it would lose the field: use a vcsnap built for this Kubernetes version", o.gvk.Kind, path)
+		}
+		return nil
+	}
+	again, err := o.encode()
+	if err != nil {
+		return err
+	}
+	var a, b any
+	if err := jsonNumbers(value, &a); err != nil {
+		return err
+	}
+	if err := jsonNumbers(again, &b); err != nil {
+		return err
+	}
+	if !reflect.DeepEqual(a, b) {
+		return fmt.Errorf("this %s does not survive decoding and encoding as JSON unchanged (numbers beyond 64 bits?); rewriting it would alter it", o.gvk.Kind)
+	}
+	return nil
+}
+
+func jsonNumbers(b []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	return d.Decode(v)
 }
 
 // encode writes the object as the apiserver stores it.
