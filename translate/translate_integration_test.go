@@ -169,6 +169,14 @@ func TestRestoreOntoNewHost(t *testing.T) {
 	if !strings.HasPrefix(svc.Spec.ClusterIP, "10.200.") || headless.Spec.ClusterIP != "None" {
 		t.Fatalf("new Service got %q, the headless one has %q", svc.Spec.ClusterIP, headless.Spec.ClusterIP)
 	}
+	// The target's range, as the by-name restore detects it on the target host.
+	cidr, err := DetectServiceCIDR(ctx, kubernetes.NewForConfigOrDie(v.RESTConfig()), ns)
+	if err != nil || cidr != targetCIDR {
+		t.Fatalf("DetectServiceCIDR = %q, %v; want %s", cidr, err, targetCIDR)
+	}
+	if list, _ := services.List(ctx, metav1.ListOptions{}); len(list.Items) != countServices(before, ns)+1 {
+		t.Fatalf("the probe left a Service behind: %d Services", len(list.Items))
+	}
 	t.Logf("whole test %s", time.Since(start).Round(time.Millisecond))
 }
 
@@ -216,6 +224,16 @@ func expectedAfterRules(t *testing.T, before map[string][]byte, ns string) map[s
 		want[k] = b
 	}
 	return want
+}
+
+func countServices(dump map[string][]byte, ns string) int {
+	n := 0
+	for k := range dump {
+		if strings.HasPrefix(k, "core/v1/services/"+ns+"/") {
+			n++
+		}
+	}
+	return n
 }
 
 func etcdKeys(t *testing.T, cli *clientv3.Client) map[string][]byte {
