@@ -78,6 +78,22 @@ func TestRestoreOntoNewHost(t *testing.T) {
 	_, err = cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless"},
 		Spec: corev1.ServiceSpec{ClusterIP: "None", Selector: map[string]string{"app": "x"}, Ports: []corev1.ServicePort{{Port: 80}}}}, metav1.CreateOptions{})
 	must("create headless Service", err)
+	// Pods as a kubelet left them: one running, one finished.
+	for _, p := range []struct {
+		name  string
+		phase corev1.PodPhase
+	}{{"running", corev1.PodRunning}, {"finished", corev1.PodSucceeded}} {
+		pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name},
+			Spec: corev1.PodSpec{NodeName: "rig-node", RestartPolicy: corev1.RestartPolicyNever, ServiceAccountName: "worker",
+				Containers: []corev1.Container{{Name: "c", Image: "busybox"}}}}, metav1.CreateOptions{})
+		must("create Pod", err)
+		started := metav1.NewTime(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+		pod.Status = corev1.PodStatus{Phase: p.phase, HostIP: "192.168.10.2", PodIP: "10.244.0.9", StartTime: &started, QOSClass: corev1.PodQOSBestEffort,
+			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: started}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "c", Image: "busybox", ImageID: "sha256:x", Ready: p.phase == corev1.PodRunning}}}
+		_, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+		must("set Pod status", err)
+	}
 	ecli := v.Datastore.Client(t)
 	mappingKey := "/vcluster/mappings/v1/configmap/" + ns + "/synced"
 	mappingValue := `{"Group":"","Version":"v1","Kind":"ConfigMap","VirtualName":{"Namespace":"` + ns + `","Name":"synced"},"HostName":{"Namespace":"team-a","Name":"synced-x-` + ns + `-x-vc1"}}`
@@ -209,6 +225,9 @@ func expectedAfterRules(t *testing.T, before map[string][]byte, ns string) map[s
 		meta := obj["metadata"].(map[string]any)
 		switch {
 		case group == "core" && resource == "pods":
+			if phase := obj["status"].(map[string]any)["phase"]; phase == "Succeeded" || phase == "Failed" {
+				break
+			}
 			delete(spec, "nodeName")
 			status := map[string]any{"phase": "Pending"}
 			if q, ok := obj["status"].(map[string]any)["qosClass"]; ok {
