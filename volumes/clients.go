@@ -58,9 +58,13 @@ var ErrPVCExists = errors.New("a PVC of that name already exists")
 // when the options leave it zero.
 const DefaultTimeout = 10 * time.Minute
 
-// cleanupTimeout bounds removing temporary objects, also after the main wait
-// ran out of time.
-const cleanupTimeout = 2 * time.Minute
+// cleanupLimit bounds removing temporary objects, also after the main wait ran
+// out of time: as long as the wait, at least 30 s (deletion needs the
+// controllers' round trips), at most 2 minutes, so a configured timeout is not
+// silently tripled.
+func cleanupLimit(timeout time.Duration) time.Duration {
+	return min(max(timeout, 30*time.Second), 2*time.Minute)
+}
 
 func printer(dry bool, out io.Writer) func(format string, args ...any) {
 	if !dry {

@@ -133,7 +133,7 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 
 	out, err := restorePlans(ctx, c, plans, o)
 	if err != nil {
-		undo(ctx, c, plans)
+		undo(ctx, c, plans, o.Timeout)
 		return nil, err
 	}
 	return out, nil
@@ -293,7 +293,7 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 		}
 		slog.Info("volume restored", "pvc", p.ns+"/"+p.pvc, "handle", p.handle, "driver", p.vol.Driver)
 	}
-	deleteSnapshotObjects(ctx, c, done)
+	deleteSnapshotObjects(ctx, c, done, o.Timeout)
 	return out, nil
 }
 
@@ -472,8 +472,8 @@ func byNamespace(plans []*plan) map[string][]*plan {
 
 // deleteSnapshotObjects removes the restore's VolumeSnapshots and contents once
 // their PVCs are bound. The contents are Retain: the storage snapshots stay.
-func deleteSnapshotObjects(ctx context.Context, c Clients, plans []*plan) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+func deleteSnapshotObjects(ctx context.Context, c Clients, plans []*plan, timeout time.Duration) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupLimit(timeout))
 	defer cancel()
 	for ns, group := range byNamespace(plans) {
 		api := c.Snapshots.SnapshotV1().VolumeSnapshots(ns)
@@ -503,8 +503,8 @@ func deleteSnapshotObjects(ctx context.Context, c Clients, plans []*plan) {
 
 // undo removes what a failed restore created: its PVCs and snapshot objects. The
 // storage snapshots are untouched (the contents are Retain).
-func undo(ctx context.Context, c Clients, plans []*plan) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+func undo(ctx context.Context, c Clients, plans []*plan, timeout time.Duration) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupLimit(timeout))
 	defer cancel()
 	for _, p := range plans {
 		if p.madePVC {
@@ -513,5 +513,5 @@ func undo(ctx context.Context, c Clients, plans []*plan) {
 			}
 		}
 	}
-	deleteSnapshotObjects(ctx, c, plans)
+	deleteSnapshotObjects(ctx, c, plans, timeout)
 }

@@ -102,7 +102,7 @@ func Snapshot(ctx context.Context, c Clients, namespace, vclusterName string, o 
 	waitErr := waitReady(ctx, c, namespace, run, items, o.Timeout)
 	if waitErr != nil && ctx.Err() != nil {
 		// Interrupted: delete what was made, storage snapshots included.
-		discard(ctx, c, namespace, run, items)
+		discard(ctx, c, namespace, run, items, o.Timeout)
 		return nil, fmt.Errorf("volume snapshot interrupted: %w", ctx.Err())
 	}
 	for _, it := range items {
@@ -119,11 +119,11 @@ func Snapshot(ctx context.Context, c Clients, namespace, vclusterName string, o 
 		}
 	}
 	if failed := failures(items); len(failed) > 0 && !o.AllowPartial {
-		discard(ctx, c, namespace, run, items)
+		discard(ctx, c, namespace, run, items, o.Timeout)
 		return nil, fmt.Errorf("volume snapshot of %s/%s: %w; the snapshots taken in this run were deleted again (set --allow-partial to keep the good ones and mark the bundle partial)",
 			namespace, vclusterName, errors.Join(failed...))
 	}
-	cleanup(ctx, c, namespace, run, items)
+	cleanup(ctx, c, namespace, run, items, o.Timeout)
 	vols := records(items)
 	for _, v := range vols {
 		if v.Error != "" {
@@ -402,7 +402,7 @@ func retain(ctx context.Context, c Clients, it *item) error {
 
 // cleanup removes the temporary objects: the good volumes' contents are Retain,
 // so their storage snapshots stay; failed ones (partial) are discarded.
-func cleanup(ctx context.Context, c Clients, namespace, run string, items []*item) {
+func cleanup(ctx context.Context, c Clients, namespace, run string, items []*item, timeout time.Duration) {
 	var failed []*item
 	for _, it := range items {
 		if it.err != nil {
@@ -410,14 +410,14 @@ func cleanup(ctx context.Context, c Clients, namespace, run string, items []*ite
 		}
 	}
 	if len(failed) > 0 {
-		discard(ctx, c, namespace, run, failed)
+		discard(ctx, c, namespace, run, failed, timeout)
 	}
-	removeTemporaries(ctx, c, namespace, run, items)
+	removeTemporaries(ctx, c, namespace, run, items, timeout)
 }
 
 // discard deletes the run's snapshots including their storage snapshots.
-func discard(ctx context.Context, c Clients, namespace, run string, items []*item) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+func discard(ctx context.Context, c Clients, namespace, run string, items []*item, timeout time.Duration) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupLimit(timeout))
 	defer cancel()
 	for _, it := range items {
 		if it.vs == "" {
@@ -435,13 +435,13 @@ func discard(ctx context.Context, c Clients, namespace, run string, items []*ite
 			}
 		}
 	}
-	removeTemporaries(ctx, c, namespace, run, items)
+	removeTemporaries(ctx, c, namespace, run, items, timeout)
 }
 
 // removeTemporaries deletes the run's VolumeSnapshots, waits until they are gone,
 // then deletes their contents (a Retain content outlives its snapshot) and waits again.
-func removeTemporaries(ctx context.Context, c Clients, namespace, run string, items []*item) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+func removeTemporaries(ctx context.Context, c Clients, namespace, run string, items []*item, timeout time.Duration) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupLimit(timeout))
 	defer cancel()
 	api := c.Snapshots.SnapshotV1().VolumeSnapshots(namespace)
 	var snaps, contents []string
