@@ -65,16 +65,6 @@ func TestSplitPassword(t *testing.T) {
 	}
 }
 
-func TestParseValidRange(t *testing.T) {
-	msg := `Service "x" is invalid: spec.clusterIPs: Invalid value: []string{"192.0.2.1"}: failed to allocate IP 192.0.2.1: the provided IP (192.0.2.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12`
-	if got, err := parseValidRange(msg); err != nil || got != "10.96.0.0/12" {
-		t.Errorf("got %q %v", got, err)
-	}
-	if _, err := parseValidRange("something else"); err == nil {
-		t.Error("no range, no error")
-	}
-}
-
 // objects of a vcluster-shaped control plane as vcluster's chart (and the rig) makes them.
 func fakeVCluster(values string, running bool) []runtime.Object {
 	lbl := map[string]string{"app": "vcluster", "release": "vc1"}

@@ -20,6 +20,7 @@ import (
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/translate"
 	"github.com/vcsnap/vcsnap/vcluster"
 )
 
@@ -325,11 +326,12 @@ type byNameRestore struct {
 
 // RestoreByNameResult is the outcome of a restore by name.
 type RestoreByNameResult struct {
-	Restore   *restore.Result `json:"restore"`
-	VCluster  string          `json:"vcluster"`
-	Datastore string          `json:"datastore"`
-	Job       string          `json:"job"`
-	Duration  time.Duration   `json:"duration"`
+	Restore     *restore.Result  `json:"restore"`
+	Translation *translate.Stats `json:"translation,omitempty"`
+	VCluster    string           `json:"vcluster"`
+	Datastore   string           `json:"datastore"`
+	Job         string           `json:"job"`
+	Duration    time.Duration    `json:"duration"`
 }
 
 func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Options, noSafety bool, name, store string) error {
@@ -439,8 +441,8 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 		}
 		return fmt.Errorf("%w; nothing was restored and the virtual cluster runs again", err)
 	}
-	var res restore.Result
-	jr, runErr := a.runEngine(ctx, cs, ej, &res)
+	var eng restoreOutput
+	jr, runErr := a.runEngine(ctx, cs, ej, &eng)
 	resumeErr := resume()
 	if runErr != nil {
 		err := fmt.Errorf("restore of %s/%s failed; the datastore was left as it was: %w", vc.Namespace, vc.Name, runErr)
@@ -452,14 +454,22 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	if resumeErr != nil {
 		return fmt.Errorf("the datastore of %s/%s was restored, but the virtual cluster did not come back: %w", vc.Namespace, vc.Name, resumeErr)
 	}
+	res := eng.Result
+	if res == nil || res.Manifest == nil {
+		return fmt.Errorf("the engine Job %s reported no restore result", jr.Job)
+	}
 	if _, q, ok := strings.Cut(store, "?"); ok && res.SafetyBackup != "" && !strings.Contains(res.SafetyBackup, "?") {
 		res.SafetyBackup += "?" + q // the store's options (endpoint, region) reach it too
 	}
-	out := &RestoreByNameResult{Restore: &res, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: time.Since(start)}
+	out := &RestoreByNameResult{Restore: res, Translation: eng.Translation, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: time.Since(start)}
 	return a.emit(out, func() {
 		fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s/%s (%s): %d keys, %d leases; revision now %d (snapshot %d, before %d); running again, %s\n",
 			res.URL, vc.Namespace, vc.Name, vc.Datastore.Kind, res.Manifest.Keys, res.Manifest.Leases, res.Revision, res.Manifest.Revision,
 			res.PreviousRevision, out.Duration.Round(time.Millisecond))
+		if st := out.Translation; st != nil {
+			fmt.Fprintf(a.stdout, "Translated for the new host: %d host names, %d pods to reschedule, %d Services re-addressed; left out %d Nodes, %d kube-root-ca.crt ConfigMaps, %d stale IP allocations\n",
+				st.HostNames, st.Pods, st.Services, st.Nodes, st.RootCAs, st.IPAllocations)
+		}
 		if res.SafetyBackup != "" {
 			fmt.Fprintf(a.stdout, "Its previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
 		}
@@ -514,4 +524,21 @@ func readVolumesFile(path string) ([]bundle.Volume, error) {
 		return nil, fmt.Errorf("--volumes-file %s: not a JSON list of volume records: %w", path, err)
 	}
 	return vols, nil
+}
+
+// translateEngineArgs passes restore's translation flags on to the engine, which
+// applies them while the bundle streams into the datastore.
+func translateEngineArgs(t *translateFlags) []string {
+	var args []string
+	for _, f := range []struct{ flag, v string }{
+		{"--translate-namespace", t.namespace}, {"--translate-name", t.name}, {"--target-service-cidr", t.serviceCIDR},
+	} {
+		if f.v != "" {
+			args = append(args, f.flag, f.v)
+		}
+	}
+	if t.newHost {
+		args = append(args, "--new-host")
+	}
+	return args
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+	"github.com/vcsnap/vcsnap/translate"
 )
 
 func (a *app) tool() string { return "vcsnap " + version }
@@ -253,6 +254,7 @@ func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
 	var noSafety bool
 	var byName byNameRestore
+	var tf translateFlags
 	cmd := &cobra.Command{
 		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
 		Short: "Restore a bundle into a virtual cluster or a datastore",
@@ -271,13 +273,16 @@ cluster back with: vcsnap resume NAME -n NAMESPACE.
 With --datastore, stop the virtual control plane first.`,
 		Example: `  vcsnap restore vc1 -n team-a s3://backups/vc1/nightly-20261121T020000Z?region=eu-west-1
   vcsnap restore vc1 -n team-a --dry-run s3://backups/vc1/nightly-20261121T020000Z
-  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21`,
+  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
+  vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
+    --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21`,
 		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 2 {
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
+				byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
 				return a.restoreByName(cmd.Context(), &byName, o, noSafety, args[0], args[1])
 			}
 			if byName.kf.dryRun {
@@ -287,6 +292,13 @@ With --datastore, stop the virtual control plane first.`,
 				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore")}
 			}
 			o.Store = args[0]
+			rules, err := tf.rules(cmd.Context(), o.Store)
+			if err != nil {
+				return err
+			}
+			if rules != nil {
+				o.Transform = rules.Apply
+			}
 			if o.Force && !noSafety {
 				o.SafetyBackup = safetyBackupURL(o.Store, time.Now())
 			}
@@ -297,10 +309,19 @@ With --datastore, stop the virtual control plane first.`,
 			if err != nil {
 				return err
 			}
-			return a.emit(res, func() {
+			out := restoreOutput{Result: res}
+			if rules != nil {
+				st := rules.Stats()
+				out.Translation = &st
+			}
+			return a.emit(out, func() {
 				fmt.Fprintf(a.stdout, "Restored %s into %s: %d keys, %d leases; revision now %d (snapshot %d, target before %d), %s\n",
-					res.URL, open.Redact(o.Datastore), res.Manifest.Keys, res.Manifest.Leases, res.Revision,
+					res.URL, open.Redact(o.Datastore), res.Manifest.Keys-res.DroppedKeys, res.Manifest.Leases, res.Revision,
 					res.Manifest.Revision, res.PreviousRevision, res.Duration.Round(time.Millisecond))
+				if st := out.Translation; st != nil {
+					fmt.Fprintf(a.stdout, "Translated for the new host: %d host names, %d pods to reschedule, %d Services re-addressed; left out %d Nodes, %d kube-root-ca.crt ConfigMaps, %d stale IP allocations\n",
+						st.HostNames, st.Pods, st.Services, st.Nodes, st.RootCAs, st.IPAllocations)
+				}
 				if res.SafetyBackup != "" {
 					fmt.Fprintf(a.stdout, "The target's previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
 				}
@@ -316,7 +337,14 @@ With --datastore, stop the virtual control plane first.`,
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
 	byName.kf.add(f, true)
+	addTranslateFlags(f, &tf)
 	return cmd
+}
+
+// restoreOutput is restore's JSON output: the result and what the translation changed.
+type restoreOutput struct {
+	*restore.Result
+	Translation *translate.Stats `json:"translation,omitempty"`
 }
 
 func (a *app) versionCommand() *cobra.Command {
