@@ -164,4 +164,3 @@ func moveTestSnapshot(t *testing.T, root, from, to string) {
 		t.Fatal(err)
 	}
 }
-
