@@ -49,7 +49,7 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 		"deltas", len(plan.Deltas), "changes", pit.Changes.Records)
 	fm := plan.Full.Manifest
 	var keys int64
-	em := &targetEmitter{ctx: ctx, progress: o.Progress, total: fm.Keys}
+	em := &targetEmitter{ctx: ctx, o: o, progress: o.Progress, total: fm.Keys}
 	res, err := write(ctx, o, plan.Revision, fm.Keys, func(t datastore.Target) error {
 		em.t = t
 		n, err := snapshot.Fold(ctx, pit.Store, plan.Full, pit.Changes, snapshot.ReadOptions{Keys: o.Keys}, em)
@@ -62,14 +62,16 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 	m := *fm
 	m.Kind, m.Revision, m.Keys, m.Leases, m.Deletes = bundle.KindFull, plan.Revision, keys, em.leases, 0
 	m.ValueBytes, m.BodyBytes = em.bytes, 0
-	res.URL, res.Manifest, res.Point, res.Duration = o.Store, &m, pr, time.Since(start)
+	res.URL, res.Manifest, res.Point, res.DroppedKeys, res.Duration = o.Store, &m, pr, em.dropped, time.Since(start)
 	return res, nil
 }
 
 // targetEmitter writes folded keys into a restore target.
 type targetEmitter struct {
 	ctx      context.Context
+	o        Options
 	t        datastore.Target
+	dropped  int64
 	progress snapshot.ProgressFunc
 	total    int64
 	keys     int64
@@ -83,6 +85,12 @@ func (e *targetEmitter) Lease(l bundle.Lease) error {
 }
 
 func (e *targetEmitter) Put(kv *bundle.KeyValue) error {
+	if keep, err := transform(e.o, kv); err != nil || !keep {
+		if err == nil {
+			e.dropped++
+		}
+		return err
+	}
 	e.keys++
 	e.bytes += int64(len(kv.Value))
 	if e.progress != nil && e.keys%1024 == 0 {

@@ -45,6 +45,11 @@ type Options struct {
 	// UpToLastGood restores the last point before a gap in the chain instead of
 	// refusing the point asked for.
 	UpToLastGood bool
+	// Transform, when set, sees every key before it is written (see translate.Rules.Apply):
+	// it may replace kv.Value (with a new slice: the reader reuses the record's) or drop
+	// the key by returning false, but not change kv.Key (the bundle's keys are unique and
+	// stay so). An error fails the restore, which is then undone like any failed restore.
+	Transform func(kv *bundle.KeyValue) (keep bool, err error)
 }
 
 // Result describes a finished restore.
@@ -55,7 +60,9 @@ type Result struct {
 	PreviousKeys     int64            `json:"previousKeys"`
 	SafetyBackup     string           `json:"safetyBackup,omitempty"`
 	Revision         int64            `json:"revision"`
-	Duration         time.Duration    `json:"duration"`
+	// DroppedKeys is how many of the bundle's keys Transform left out.
+	DroppedKeys int64         `json:"droppedKeys,omitempty"`
+	Duration    time.Duration `json:"duration"`
 	// Point describes a point-in-time restore.
 	Point *PointResult `json:"point,omitempty"`
 }
@@ -86,13 +93,19 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if m.Partial {
 		slog.Warn("the bundle is marked partial: some volumes were not captured", "bundle", loc.Store.URL(loc.Name))
 	}
-	var keys, bytes int64
+	var keys, bytes, dropped int64
 	feed := func(target datastore.Target) error {
 		apply := func(rec *bundle.Record) error {
 			switch rec.Type {
 			case bundle.RecordLease:
 				return target.Lease(ctx, rec.Lease)
 			case bundle.RecordPut:
+				if keep, err := transform(o, &rec.KV); err != nil || !keep {
+					if err == nil {
+						dropped++
+					}
+					return err
+				}
 				keys++
 				bytes += int64(len(rec.KV.Value))
 				if o.Progress != nil && keys%1024 == 0 {
@@ -112,8 +125,16 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if o.Progress != nil {
 		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
 	}
-	res.URL, res.Manifest, res.Duration = loc.Store.URL(loc.Name), m, time.Since(start)
+	res.URL, res.Manifest, res.DroppedKeys, res.Duration = loc.Store.URL(loc.Name), m, dropped, time.Since(start)
 	return res, nil
+}
+
+// transform applies o.Transform, if any: keep reports whether the key is written.
+func transform(o Options, kv *bundle.KeyValue) (keep bool, err error) {
+	if o.Transform == nil {
+		return true, nil
+	}
+	return o.Transform(kv)
 }
 
 // write opens the target, refuses it before writing when it must (non-empty without
