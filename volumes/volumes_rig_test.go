@@ -456,6 +456,18 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	}
 	sameTree(t, "mapped "+first.PVC, readTree(t, hB.PVCVolumeDir(t, "vc-mapped", first.PVC)), want[firstID])
 	noTemporaries(t, ctx, cB, "vc-mapped")
+
+	// Deleting the bundle's snapshots removes them from the storage, through host B.
+	rest := vols[1:]
+	if err := volumes.DeleteSnapshots(ctx, cB, rest, volumes.DeleteOptions{Timeout: time.Minute}); err != nil {
+		t.Fatalf("delete snapshots: %v", err)
+	}
+	for _, v := range rest {
+		if _, err := os.Stat(hA.SnapshotFile(v.SnapshotHandle)); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("storage snapshot %s of %s still there: %v", v.SnapshotHandle, v.PVC, err)
+		}
+	}
+	noTemporaries(t, ctx, cB, ns)
 }
 
 // moveSnapshot renames a snapshot of the test driver on its storage.
