@@ -3,7 +3,6 @@ package volumes
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
@@ -22,7 +21,7 @@ type DeleteOptions struct {
 	// Timeout bounds the wait for the driver (DefaultTimeout when zero).
 	Timeout time.Duration
 	DryRun  bool
-	Out     io.Writer
+	Print   func(action string)
 }
 
 // DeleteSnapshots deletes the storage snapshots of vols: the ones a bundle that
@@ -35,7 +34,7 @@ func DeleteSnapshots(ctx context.Context, c Clients, vols []bundle.Volume, o Del
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	dry := printer(o.DryRun, o.Out)
+	dry := printer(o.DryRun, o.Print)
 	run := runID()
 	var plans []*plan
 	for _, v := range vols {
