@@ -68,6 +68,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 	}
+	slog.Debug("verified the bundle", "took", time.Since(start))
 	if m.Kind != bundle.KindFull {
 		return nil, fmt.Errorf("%s is a %s bundle; restore needs a full bundle", loc.Store.URL(loc.Name), m.Kind)
 	}
@@ -118,6 +119,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if _, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply); err != nil {
 		return nil, abort(ctx, target, err)
 	}
+	slog.Debug("streamed every key to the target", "keys", keys, "after", time.Since(start))
 	rev, err := target.Commit(ctx)
 	if err != nil {
 		return nil, abort(ctx, target, err)
