@@ -38,6 +38,11 @@ type Options struct {
 	Progress     snapshot.ProgressFunc
 	// Keys open an encrypted bundle.
 	Keys encrypt.Keys
+	// Transform, when set, sees every key before it is written (see translate.Rules.Apply):
+	// it may replace kv.Value (with a new slice: the reader reuses the record's) or drop
+	// the key by returning false, but not change kv.Key (the bundle's keys are unique and
+	// stay so). An error fails the restore, which is then undone like any failed restore.
+	Transform func(kv *bundle.KeyValue) (keep bool, err error)
 }
 
 // Result describes a finished restore.
@@ -48,7 +53,9 @@ type Result struct {
 	PreviousKeys     int64            `json:"previousKeys"`
 	SafetyBackup     string           `json:"safetyBackup,omitempty"`
 	Revision         int64            `json:"revision"`
-	Duration         time.Duration    `json:"duration"`
+	// DroppedKeys is how many of the bundle's keys Transform left out.
+	DroppedKeys int64         `json:"droppedKeys,omitempty"`
+	Duration    time.Duration `json:"duration"`
 }
 
 // Restore verifies the whole bundle first, so a corrupt, truncated, foreign or too-new
@@ -101,12 +108,22 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}
-	var keys, bytes int64
+	var keys, bytes, dropped int64
 	apply := func(rec *bundle.Record) error {
 		switch rec.Type {
 		case bundle.RecordLease:
 			return target.Lease(ctx, rec.Lease)
 		case bundle.RecordPut:
+			if o.Transform != nil {
+				keep, err := o.Transform(&rec.KV)
+				if err != nil {
+					return err
+				}
+				if !keep {
+					dropped++
+					return nil
+				}
+			}
 			keys++
 			bytes += int64(len(rec.KV.Value))
 			if o.Progress != nil && keys%1024 == 0 {
@@ -128,7 +145,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
 	}
 	return &Result{URL: loc.Store.URL(loc.Name), Manifest: m, PreviousRevision: state.Revision, PreviousKeys: state.Keys,
-		SafetyBackup: guard.Saved, Revision: rev, Duration: time.Since(start)}, nil
+		SafetyBackup: guard.Saved, Revision: rev, DroppedKeys: dropped, Duration: time.Since(start)}, nil
 }
 
 func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc {

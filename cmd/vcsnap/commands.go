@@ -15,6 +15,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+	"github.com/vcsnap/vcsnap/translate"
 )
 
 func (a *app) tool() string { return "vcsnap " + version }
@@ -208,6 +209,7 @@ func (a *app) deleteCommand() *cobra.Command {
 func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
 	var noSafety bool
+	var tf translateFlags
 	cmd := &cobra.Command{
 		Use:   "restore --datastore URL STORE_URL",
 		Short: "Restore a bundle into a datastore",
@@ -215,13 +217,22 @@ func (a *app) restoreCommand() *cobra.Command {
 target's revision above both the snapshot's and the target's previous revision, and compacts,
 so clients holding old resourceVersions re-list instead of missing events. Stop the virtual
 control plane first. A failed restore empties the target again.`,
-		Example: `  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21`,
-		Args:    exactArgs("STORE_URL"),
+		Example: `  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
+  vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
+    --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21`,
+		Args: exactArgs("STORE_URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.Datastore == "" {
 				return usageError{fmt.Errorf("--datastore is required")}
 			}
 			o.Store = args[0]
+			rules, err := tf.rules(cmd.Context(), o.Store)
+			if err != nil {
+				return err
+			}
+			if rules != nil {
+				o.Transform = rules.Apply
+			}
 			if o.Force && !noSafety {
 				o.SafetyBackup = safetyBackupURL(o.Store, time.Now())
 			}
@@ -232,10 +243,19 @@ control plane first. A failed restore empties the target again.`,
 			if err != nil {
 				return err
 			}
-			return a.emit(res, func() {
+			out := restoreOutput{Result: res}
+			if rules != nil {
+				st := rules.Stats()
+				out.Translation = &st
+			}
+			return a.emit(out, func() {
 				fmt.Fprintf(a.stdout, "Restored %s into %s: %d keys, %d leases; revision now %d (snapshot %d, target before %d), %s\n",
-					res.URL, open.Redact(o.Datastore), res.Manifest.Keys, res.Manifest.Leases, res.Revision,
+					res.URL, open.Redact(o.Datastore), res.Manifest.Keys-res.DroppedKeys, res.Manifest.Leases, res.Revision,
 					res.Manifest.Revision, res.PreviousRevision, res.Duration.Round(time.Millisecond))
+				if st := out.Translation; st != nil {
+					fmt.Fprintf(a.stdout, "Translated for the new host: %d host names, %d pods to reschedule, %d Services re-addressed; left out %d Nodes, %d kube-root-ca.crt ConfigMaps, %d stale IP allocations\n",
+						st.HostNames, st.Pods, st.Services, st.Nodes, st.RootCAs, st.IPAllocations)
+				}
 				if res.SafetyBackup != "" {
 					fmt.Fprintf(a.stdout, "The target's previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
 				}
@@ -250,7 +270,14 @@ control plane first. A failed restore empties the target again.`,
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
+	addTranslateFlags(f, &tf)
 	return cmd
+}
+
+// restoreOutput is restore's JSON output: the result and what the translation changed.
+type restoreOutput struct {
+	*restore.Result
+	Translation *translate.Stats `json:"translation,omitempty"`
 }
 
 func (a *app) versionCommand() *cobra.Command {

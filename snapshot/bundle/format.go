@@ -145,8 +145,11 @@ type Volume struct {
 	SnapshotHandle   string `json:"snapshotHandle"`
 	// Region holds the handle's region when the driver's snapshots are region-bound
 	// (EBS), after a cross-region copy the target region.
-	Region              string            `json:"region,omitempty"`
-	RestoreSize         int64             `json:"restoreSize"`
+	Region      string `json:"region,omitempty"`
+	RestoreSize int64  `json:"restoreSize"`
+	// RequestedBytes is the PVC's storage request; a restored PVC asks for the
+	// larger of it and RestoreSize.
+	RequestedBytes      int64             `json:"requestedBytes,omitempty"`
 	StorageClass        string            `json:"storageClass,omitempty"`
 	VolumeSnapshotClass string            `json:"volumeSnapshotClass,omitempty"`
 	AccessModes         []string          `json:"accessModes,omitempty"`
