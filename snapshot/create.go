@@ -55,6 +55,8 @@ type CreateOptions struct {
 	Progress ProgressFunc
 	// Attempts bounds retries when compaction overtakes a read; zero means 3.
 	Attempts int
+	// Chain, set by snapshot watch, is the chain id recorded in the manifest.
+	Chain string
 }
 
 // CreateResult describes a finished snapshot.
@@ -188,7 +190,7 @@ func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o Cre
 		w.Abort()
 		return nil, err
 	}
-	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source})
+	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain})
 	if err != nil {
 		return nil, err
 	}

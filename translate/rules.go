@@ -57,7 +57,10 @@ const RootCAConfigMap = "kube-root-ca.crt"
 //     derive (objects imported from the host, mapped namespaces) are kept.
 //   - Pods (ClearPodScheduling): spec.nodeName is cleared and status reset to Pending
 //     (its qosClass, derived from the spec, kept): the pods are scheduled again on the
-//     target's nodes; their old node, IPs and container states do not exist there.
+//     target's nodes; their old node, IPs and container states do not exist there (and
+//     vcluster's syncer deletes a virtual pod that has started but has no host pod,
+//     where it re-creates the host pod of one that has not). Finished pods (Succeeded,
+//     Failed) are kept as they are: reset, they would run again.
 //   - Nodes (DropNodes): Node objects (<prefix>minions/) are left out; the target's
 //     nodes register themselves (vcluster syncs them from the host).
 //   - kube-root-ca.crt (DropRootCAConfigMaps): the ConfigMaps holding the old control
@@ -231,7 +234,7 @@ func (r *Rules) Apply(kv *bundle.KeyValue) (keep bool, err error) {
 func (r *Rules) object(o *object) (keep, changed bool) {
 	switch obj := o.obj.(type) {
 	case *corev1.Pod:
-		if r.ClearPodScheduling && (obj.Spec.NodeName != "" || !isPending(obj.Status)) {
+		if r.ClearPodScheduling && !finished(obj.Status) && (obj.Spec.NodeName != "" || !isPending(obj.Status)) {
 			obj.Spec.NodeName = ""
 			obj.Status = corev1.PodStatus{Phase: corev1.PodPending, QOSClass: obj.Status.QOSClass}
 			r.stats.Pods++
@@ -273,6 +276,11 @@ func (r *Rules) object(o *object) (keep, changed bool) {
 		changed = true
 	}
 	return true, changed
+}
+
+// finished pods ran to completion; resetting them would run them again.
+func finished(s corev1.PodStatus) bool {
+	return s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed
 }
 
 func isPending(s corev1.PodStatus) bool {

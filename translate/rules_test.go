@@ -189,6 +189,13 @@ func TestPodsRescheduled(t *testing.T) {
 	if _, got := apply(t, off, "/registry/pods/default/p", v); !bytes.Equal(got, v) {
 		t.Fatal("pod changed with ClearPodScheduling off")
 	}
+	// A finished pod is kept as it is: reset to Pending it would run again.
+	done := pod.DeepCopy()
+	done.Status.Phase = corev1.PodSucceeded
+	v = storedProto(t, done)
+	if _, got := apply(t, r, "/registry/pods/default/done", v); !bytes.Equal(got, v) {
+		t.Fatal("a finished pod changed")
+	}
 	if r.Stats().Pods != 1 {
 		t.Fatalf("stats: %+v", r.Stats())
 	}

@@ -31,6 +31,7 @@ func (u usageError) Unwrap() error { return u.error }
 
 func exitCode(err error) int {
 	var ue usageError
+	var gap *snapshot.GapError
 	switch {
 	case err == nil:
 		return exitOK
@@ -38,8 +39,10 @@ func exitCode(err error) int {
 		return exitInterrupted
 	case errors.As(err, &ue):
 		return exitUsage
-	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete):
+	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete), errors.As(err, &gap):
 		return exitCorrupt
+	case errors.Is(err, snapshot.ErrNoPoint):
+		return exitNotFound
 	case errors.Is(err, storage.ErrNotFound):
 		return exitNotFound
 	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap):
