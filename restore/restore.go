@@ -168,10 +168,11 @@ func write(ctx context.Context, o Options, snapRev, snapKeys int64, feed func(da
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}
+	began := time.Now()
 	if err := feed(target); err != nil {
 		return nil, abort(ctx, target, err)
 	}
-	slog.Debug("streamed every key to the target", "keys", keys, "after", time.Since(start))
+	slog.Debug("streamed every key to the target", "took", time.Since(began))
 	rev, err := target.Commit(ctx)
 	if err != nil {
 		return nil, abort(ctx, target, err)
