@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -43,9 +42,10 @@ type RestoreOptions struct {
 	// Timeout bounds each wait: snapshots ready, old PVCs gone, PVCs bound
 	// (DefaultTimeout when zero).
 	Timeout time.Duration
-	// DryRun looks everything up and prints what would be done to Out, creating nothing.
+	// DryRun looks everything up and reports each action it would take to Print
+	// (default: a "[dry-run] ..." line on stdout), creating nothing.
 	DryRun bool
-	Out    io.Writer
+	Print  func(action string)
 }
 
 // Restored is one PVC Restore created.
@@ -56,6 +56,11 @@ type Restored struct {
 	// binds once the virtual cluster's pod using it is scheduled, and the
 	// VolumeSnapshot it restores from is kept until then.
 	Bound bool
+	// VolumeName is the new PV, once bound; the recorded Volume.PersistentVolume
+	// is the one the virtual cluster's datastore still names.
+	VolumeName string
+	// From is the volume record it was restored from.
+	From bundle.Volume
 }
 
 // plan is one volume on its way back.
@@ -90,7 +95,7 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 	if o.SourceName == "" && o.TargetName != "" {
 		return nil, errors.New("renaming volumes for another virtual cluster needs the source virtual cluster's name")
 	}
-	dry := printer(o.DryRun, o.Out)
+	dry := printer(o.DryRun, o.Print)
 	run := runID()
 	var plans []*plan
 	for _, v := range vols {
@@ -126,7 +131,7 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 		}
 		out := make([]Restored, 0, len(plans))
 		for _, p := range plans {
-			out = append(out, Restored{Namespace: p.ns, PVC: p.pvc})
+			out = append(out, Restored{Namespace: p.ns, PVC: p.pvc, From: p.vol})
 		}
 		return out, nil
 	}
@@ -285,7 +290,15 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	out := make([]Restored, 0, len(plans))
 	var done []*plan
 	for _, p := range plans {
-		out = append(out, Restored{Namespace: p.ns, PVC: p.pvc, Bound: p.immediate})
+		r := Restored{Namespace: p.ns, PVC: p.pvc, Bound: p.immediate, From: p.vol}
+		if p.immediate {
+			pvc, err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Get(ctx, p.pvc, metav1.GetOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("get restored PVC %s/%s: %w", p.ns, p.pvc, err)
+			}
+			r.VolumeName = pvc.Spec.VolumeName
+		}
+		out = append(out, r)
 		if p.immediate {
 			done = append(done, p)
 		} else {
