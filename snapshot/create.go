@@ -60,6 +60,8 @@ type CreateOptions struct {
 	Progress ProgressFunc
 	// Attempts bounds retries when compaction overtakes a read; zero means 3.
 	Attempts int
+	// Chain, set by snapshot watch, is the chain id recorded in the manifest.
+	Chain string
 }
 
 // CreateResult describes a finished snapshot.
@@ -193,7 +195,7 @@ func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o Cre
 		w.Abort()
 		return nil, err
 	}
-	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes)})
+	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes)})
 	if err != nil {
 		return nil, err
 	}

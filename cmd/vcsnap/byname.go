@@ -322,6 +322,9 @@ type byNameRestore struct {
 	kf kubeFlags
 	// EngineArgs are added to the engine's restore command (before STORE_URL).
 	EngineArgs []string
+	// pointInTime: STORE_URL is a prefix of snapshot-watch chains, which the engine
+	// resolves and verifies before it writes.
+	pointInTime bool
 }
 
 // RestoreByNameResult is the outcome of a restore by name.
@@ -354,7 +357,9 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 
 	// 1. The bundle, verified before anything is touched.
 	var m *bundle.Manifest
-	if b.kf.dryRun {
+	if b.pointInTime {
+		p.step("the engine finds the point in time in the chains under %s and verifies them before it writes", store)
+	} else if b.kf.dryRun {
 		e, err := snapshot.Describe(ctx, store)
 		if err != nil {
 			return err
@@ -371,10 +376,10 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 		m = v.Manifest
 		p.step("verified the bundle %s: %d keys, revision %d", v.URL, m.Keys, m.Revision)
 	}
-	if m.Kind != bundle.KindFull {
-		return fmt.Errorf("%s is a %s bundle; restore needs a full bundle", store, m.Kind)
+	if m != nil && m.Kind != bundle.KindFull {
+		return fmt.Errorf("%s is a %s bundle; restore needs a full bundle (or a point in time: --to-time, --to-revision)", store, m.Kind)
 	}
-	if m.Source.VClusterName != "" && (m.Source.VClusterName != vc.Name || m.Source.VClusterNamespace != vc.Namespace) {
+	if m != nil && m.Source.VClusterName != "" && (m.Source.VClusterName != vc.Name || m.Source.VClusterNamespace != vc.Namespace) {
 		slog.Warn("the bundle was taken of another virtual cluster", "bundle", m.Source.VClusterNamespace+"/"+m.Source.VClusterName, "target", vc.Namespace+"/"+vc.Name)
 	}
 

@@ -34,7 +34,7 @@ func (a *app) emit(v any, text func()) error {
 
 func (a *app) snapshotCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshot", Short: "Create, list, describe, verify and delete snapshots"}
-	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand(), a.copyCommand())
+	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand(), a.copyCommand(), a.watchCommand(), a.compactCommand())
 	return cmd
 }
 
@@ -129,9 +129,10 @@ reads that datastore itself.`,
 }
 
 func (a *app) listCommand() *cobra.Command {
-	return &cobra.Command{
+	var chains bool
+	cmd := &cobra.Command{
 		Use:   "list STORE_PREFIX",
-		Short: "List the bundles under a prefix (reads only their manifests)",
+		Short: "List the bundles under a prefix, and the chains of snapshot watch (reads only their manifests)",
 		Args:  exactArgs("STORE_PREFIX"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			entries, err := snapshot.List(cmd.Context(), args[0])
@@ -141,10 +142,26 @@ func (a *app) listCommand() *cobra.Command {
 			if entries == nil {
 				entries = []*snapshot.Entry{}
 			}
+			cs, orphans := snapshot.Chains(entries)
+			if chains {
+				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans) })
+			}
 			return a.emit(entries, func() {
+				inChain := map[*snapshot.Entry]bool{}
+				for _, c := range cs {
+					if c.ID == "" {
+						continue
+					}
+					for _, e := range c.Bundles() {
+						inChain[e] = true
+					}
+				}
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
 				for _, e := range entries {
+					if inChain[e] || (e.Manifest != nil && e.Manifest.Kind == bundle.KindDelta) {
+						continue
+					}
 					if e.Manifest == nil {
 						fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%s\n", e.Name, humanBytes(e.Size), e.Problem)
 						continue
@@ -158,9 +175,49 @@ func (a *app) listCommand() *cobra.Command {
 						m.Source.Datastore, m.Revision, m.Keys, humanBytes(e.Size), status)
 				}
 				tw.Flush()
+				a.printChains(cs, orphans)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&chains, "chains", false, "with -o json: print the chains (full bundle, deltas, revisions and times covered) instead of the bundles")
+	return cmd
+}
+
+// printChains shows each chain of snapshot watch as one line: its full bundle, how many
+// deltas continue it, and the revisions and times it covers.
+func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry) {
+	n := 0
+	for _, c := range cs {
+		if c.ID != "" {
+			n++
+		}
+	}
+	if n == 0 && len(orphans) == 0 {
+		return
+	}
+	fmt.Fprintln(a.stdout)
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHAIN\tFULL BUNDLE\tDELTAS\tREVISIONS\tFROM\tTO\tSIZE\tSTATUS")
+	for _, c := range cs {
+		if c.ID == "" {
+			continue
+		}
+		var size int64
+		for _, e := range c.Bundles() {
+			size += e.Size
+		}
+		status := "complete"
+		if c.Gap != nil {
+			status = "gap after it: " + c.Gap.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d-%d\t%s\t%s\t%s\t%s\n", c.ID, c.Full.Name, len(c.Deltas), c.FromRevision, c.ToRevision,
+			c.From.Format(time.RFC3339), c.To.Format(time.RFC3339), humanBytes(size), status)
+	}
+	for _, o := range orphans {
+		fmt.Fprintf(tw, "%s\t-\t%s\t%d-%d\t%s\t-\t%s\tno full bundle reaches it\n", o.Manifest.Chain, o.Name,
+			o.Manifest.BaseRevision+1, o.Manifest.Revision, o.Manifest.Created.Format(time.RFC3339), humanBytes(o.Size))
+	}
+	tw.Flush()
 }
 
 func (a *app) describeCommand() *cobra.Command {
@@ -254,6 +311,7 @@ func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
 	var noSafety bool
 	var byName byNameRestore
+	var toTime string
 	var tf translateFlags
 	cmd := &cobra.Command{
 		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
@@ -275,7 +333,9 @@ With --datastore, stop the virtual control plane first.`,
   vcsnap restore vc1 -n team-a --dry-run s3://backups/vc1/nightly-20261121T020000Z
   vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
   vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
-    --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21`,
+    --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21
+  vcsnap restore --datastore sqlite:///data/state.db --to-time 2026-11-21T10:42:00Z s3://backups/vc1/pitr/
+  vcsnap restore --datastore etcd://127.0.0.1:2379 --to-revision 48211 file:///backups/vc1/`,
 		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 2 {
@@ -283,6 +343,18 @@ With --datastore, stop the virtual control plane first.`,
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
 				byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				// A point in time: the engine reads the chains under the prefix.
+				if toTime != "" {
+					byName.EngineArgs = append(byName.EngineArgs, "--to-time", toTime)
+					byName.pointInTime = true
+				}
+				if o.To.Revision > 0 {
+					byName.EngineArgs = append(byName.EngineArgs, "--to-revision", fmt.Sprint(o.To.Revision))
+					byName.pointInTime = true
+				}
+				if o.UpToLastGood {
+					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
+				}
 				return a.restoreByName(cmd.Context(), &byName, o, noSafety, args[0], args[1])
 			}
 			if byName.kf.dryRun {
@@ -290,6 +362,20 @@ With --datastore, stop the virtual control plane first.`,
 			}
 			if o.Datastore == "" {
 				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore")}
+			}
+			if toTime != "" {
+				t, err := time.Parse(time.RFC3339, toTime)
+				if err != nil {
+					return usageError{fmt.Errorf("--to-time %q: want RFC 3339, such as 2026-11-21T10:42:00Z", toTime)}
+				}
+				o.To.Time = t
+			}
+			if o.To.Revision < 0 || (o.To.Revision > 0 && toTime != "") {
+				return usageError{fmt.Errorf("give --to-revision (positive) or --to-time, not both")}
+			}
+			pit := o.To.Revision > 0 || toTime != ""
+			if o.UpToLastGood && !pit {
+				return usageError{fmt.Errorf("--up-to-last-good goes with --to-revision or --to-time")}
 			}
 			o.Store = args[0]
 			rules, err := tf.rules(cmd.Context(), o.Store)
@@ -300,7 +386,15 @@ With --datastore, stop the virtual control plane first.`,
 				o.Transform = rules.Apply
 			}
 			if o.Force && !noSafety {
-				o.SafetyBackup = safetyBackupURL(o.Store, time.Now())
+				// Beside a prefix, not inside it: the chains under it stay the watcher's own.
+				base, query, _ := strings.Cut(o.Store, "?")
+				if pit {
+					base = strings.TrimSuffix(base, "/")
+				}
+				if query != "" {
+					base += "?" + query
+				}
+				o.SafetyBackup = safetyBackupURL(base, time.Now())
 			}
 			progress, done := a.progress()
 			o.Progress = progress
@@ -318,6 +412,13 @@ With --datastore, stop the virtual control plane first.`,
 				fmt.Fprintf(a.stdout, "Restored %s into %s: %d keys, %d leases; revision now %d (snapshot %d, target before %d), %s\n",
 					res.URL, open.Redact(o.Datastore), res.Manifest.Keys-res.DroppedKeys, res.Manifest.Leases, res.Revision,
 					res.Manifest.Revision, res.PreviousRevision, res.Duration.Round(time.Millisecond))
+				if p := res.Point; p != nil {
+					fmt.Fprintf(a.stdout, "Point in time %s: revision %d from %s and %d delta(s), %d change(s) laid over it\n",
+						p.Asked, p.Revision, p.Full, len(p.Deltas), p.Changes)
+					if p.Gap != "" {
+						fmt.Fprintf(a.stdout, "Stopped short of %s at the last good point, revision %d: %s\n", p.Asked, p.Revision, p.Gap)
+					}
+				}
 				if st := out.Translation; st != nil {
 					fmt.Fprintf(a.stdout, "Translated for the new host: %d host names, %d pods to reschedule, %d Services re-addressed; left out %d Nodes, %d kube-root-ca.crt ConfigMaps, %d stale IP allocations\n",
 						st.HostNames, st.Pods, st.Services, st.Nodes, st.RootCAs, st.IPAllocations)
@@ -328,6 +429,9 @@ With --datastore, stop the virtual control plane first.`,
 			})
 		},
 	}
+	cmd.Flags().Int64Var(&o.To.Revision, "to-revision", 0, "restore the state at this revision from the chains of snapshot watch under the STORE_URL prefix")
+	cmd.Flags().StringVar(&toTime, "to-time", "", "restore the newest state captured at or before this time (RFC 3339) from the chains under the prefix")
+	cmd.Flags().BoolVar(&o.UpToLastGood, "up-to-last-good", false, "when the chain has a gap before the point, restore the last point before it instead of refusing")
 	f := cmd.Flags()
 	keyFlags(cmd, &o.Keys)
 	f.BoolVar(&noSafety, "no-safety-backup", false, "with --force, do not save the target's current keys before replacing them")

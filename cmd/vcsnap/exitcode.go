@@ -9,6 +9,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/vcluster"
+	"github.com/vcsnap/vcsnap/volumes"
 )
 
 // Exit codes, documented in README.md. This is the only place errors become exit codes.
@@ -33,6 +34,7 @@ func (u usageError) Unwrap() error { return u.error }
 func exitCode(err error) int {
 	var ue usageError
 	var ee *engineError
+	var gap *snapshot.GapError
 	switch {
 	case err == nil:
 		return exitOK
@@ -42,11 +44,14 @@ func exitCode(err error) int {
 		return exitInterrupted
 	case errors.As(err, &ue):
 		return exitUsage
-	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete):
+	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete), errors.As(err, &gap):
 		return exitCorrupt
+	case errors.Is(err, snapshot.ErrNoPoint):
+		return exitNotFound
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, vcluster.ErrNotFound):
 		return exitNotFound
-	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap):
+	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap),
+		errors.Is(err, volumes.ErrPVCExists):
 		return exitRefused
 	case errors.Is(err, bundle.ErrEncrypted), errors.Is(err, bundle.ErrDecrypt):
 		return exitNoKey
