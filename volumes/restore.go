@@ -115,10 +115,10 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 	}
 	if o.DryRun {
 		for _, p := range plans {
-			if p.replace {
-				dry("delete the existing PVC %s/%s (--force) and wait until it is gone", p.ns, p.pvc)
-			}
 			dry("create VolumeSnapshotContent %s (driver %s, snapshot handle %s, deletionPolicy Retain) and VolumeSnapshot %s/%s bound to it; wait until ready", p.vsc, p.vol.Driver, p.handle, p.ns, p.vs)
+			if p.replace {
+				dry("delete the existing PVC %s/%s (replace) and wait until it is gone", p.ns, p.pvc)
+			}
 			bind := "wait until Bound, then delete the VolumeSnapshot and its content (the storage snapshot stays)"
 			if !p.immediate {
 				bind = "the class binds on first consumer: not waiting for Bound, keeping the VolumeSnapshot until then"
@@ -268,15 +268,16 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	if len(plans) == 0 {
 		return nil, nil
 	}
-	if err := replaceExisting(ctx, c, plans, o.Timeout); err != nil {
-		return nil, err
-	}
 	for _, p := range plans {
 		if err := createSnapshotObjects(ctx, c, p); err != nil {
 			return nil, err
 		}
 	}
 	if err := waitRestoreSnapshots(ctx, c, plans, o.Timeout); err != nil {
+		return nil, err
+	}
+	// Only now that every snapshot is known to be usable here are PVCs replaced.
+	if err := replaceExisting(ctx, c, plans, o.Timeout); err != nil {
 		return nil, err
 	}
 	for _, p := range plans {
@@ -316,7 +317,7 @@ func replaceExisting(ctx context.Context, c Clients, plans []*plan, timeout time
 		if !p.replace {
 			continue
 		}
-		slog.Warn("replacing an existing PVC (--force)", "pvc", p.ns+"/"+p.pvc)
+		slog.Warn("replacing an existing PVC", "pvc", p.ns+"/"+p.pvc)
 		if err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Delete(ctx, p.pvc, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete the existing PVC %s/%s to replace it: %w", p.ns, p.pvc, err)
 		}

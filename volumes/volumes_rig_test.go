@@ -421,7 +421,7 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	hB := rig.StartHost(t, rig.HostOptions{CSIRoot: hA.VolumeRoot, ServiceCIDR: "10.112.0.0/16"})
 	t.Logf("host B ready in %v", time.Since(phase))
 	cB := hostClients(t, hB)
-	createNS(t, ctx, cB, ns, "vc-mapped", "vc-bad")
+	createNS(t, ctx, cB, ns, "vc-mapped")
 
 	// Dry run on B prints and creates nothing.
 	dry.Reset()
@@ -450,14 +450,21 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	// handle (as after a copy to another region).
 	moved := "copied-" + first.SnapshotHandle
 	moveSnapshot(t, hA.VolumeRoot, first.SnapshotHandle, moved)
-	// Without the map the restore fails within its timeout and leaves nothing.
-	if _, err := volumes.Restore(ctx, cB, []bundle.Volume{first}, volumes.RestoreOptions{SourceName: "vc1", TargetNamespace: "vc-bad", Timeout: 3 * time.Second}); err == nil || !strings.Contains(err.Error(), "--volume-handle-map") {
+	// Without the map the restore fails within its timeout, even forced over the
+	// existing PVC: that PVC and its data stay, nothing temporary is left.
+	before, err := cB.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, first.PVC, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := volumes.Restore(ctx, cB, []bundle.Volume{first}, volumes.RestoreOptions{SourceName: "vc1", Force: true, Timeout: 3 * time.Second}); err == nil || !strings.Contains(err.Error(), "--volume-handle-map") {
 		t.Fatalf("restore of an unknown handle: %v", err)
 	}
-	if l, _ := cB.Kube.CoreV1().PersistentVolumeClaims("vc-bad").List(ctx, metav1.ListOptions{}); len(l.Items) != 0 {
-		t.Fatalf("a failed restore left %d PVCs", len(l.Items))
+	after, err := cB.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, first.PVC, metav1.GetOptions{})
+	if err != nil || after.UID != before.UID || after.DeletionTimestamp != nil {
+		t.Fatalf("the existing PVC was touched by a restore that could not succeed: %v", err)
 	}
-	noTemporaries(t, ctx, cB, "vc-bad")
+	sameTree(t, "untouched "+first.PVC, readTree(t, hB.PVCVolumeDir(t, ns, first.PVC)), want[firstID])
+	noTemporaries(t, ctx, cB, ns)
 	if _, err := volumes.Restore(ctx, cB, []bundle.Volume{first}, volumes.RestoreOptions{SourceName: "vc1", TargetNamespace: "vc-mapped", Timeout: 2 * time.Minute,
 		HandleMap: map[string]string{first.SnapshotHandle: moved}}); err != nil {
 		t.Fatalf("restore with a handle map: %v", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/storage"
+	"github.com/vcsnap/vcsnap/volumes"
 )
 
 // Exit codes, documented in README.md. This is the only place errors become exit codes.
@@ -45,7 +46,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, storage.ErrNotFound):
 		return exitNotFound
-	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap):
+	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap),
+		errors.Is(err, volumes.ErrPVCExists):
 		return exitRefused
 	case errors.Is(err, bundle.ErrEncrypted), errors.Is(err, bundle.ErrDecrypt):
 		return exitNoKey
