@@ -9,6 +9,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/ec2standin"
+	"github.com/vcsnap/vcsnap/test/rig"
 	"github.com/vcsnap/vcsnap/volumecopy"
 )
 
@@ -18,6 +19,7 @@ import (
 // snapshot is copied, waited for and tagged; the other driver's snapshot needs the
 // handle map; the copied bundle records the new handles and verifies.
 func TestCopyVolumesCLI(t *testing.T) {
+	rig.RequireIntegration(t)
 	ec2 := ec2standin.Start(t)
 	ec2.SetPlan("snap-0aaa", ec2standin.Plan{PendingPolls: 2})
 	dir := t.TempDir()
