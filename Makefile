@@ -56,4 +56,4 @@ image:
 
 # Only the tests that run a real node (root: containerd, kubelet, a network namespace).
 test-node:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestNode|TestVClusterOnNode' ./test/rig/ ./test/e2e/
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestNode|TestVClusterOnNode|TestVClusterByName' ./test/rig/ ./test/e2e/

@@ -280,27 +280,37 @@ func (w *Writer) Close(m Manifest) (*Manifest, error) {
 	m.BodyBytes = w.out.n - w.hdrLen
 	m.Encryption = w.hdr.Encryption
 	m.Tool = w.hdr.Tool
-	mjs, err := json.Marshal(&m)
-	if err != nil {
+	if err := writeTail(w.out, &m); err != nil {
 		return nil, err
+	}
+	return &m, nil
+}
+
+// writeTail writes the manifest and then the trailer, the commit marker, whose sha256
+// covers every byte out has seen.
+func writeTail(out *hashingWriter, m *Manifest) error {
+	mjs, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if len(mjs) > maxManifestSize {
+		return fmt.Errorf("manifest of %d bytes exceeds the %d-byte limit", len(mjs), maxManifestSize)
 	}
 	var lenBuf [4]byte
 	binary.BigEndian.PutUint32(lenBuf[:], uint32(len(mjs)))
-	if _, err := w.out.Write(lenBuf[:]); err != nil {
-		return nil, err
+	if _, err := out.Write(lenBuf[:]); err != nil {
+		return err
 	}
-	if _, err := w.out.Write(mjs); err != nil {
-		return nil, err
+	if _, err := out.Write(mjs); err != nil {
+		return err
 	}
 	trailer := make([]byte, 0, TrailerSize)
 	trailer = append(trailer, lenBuf[:]...)
 	trailer = binary.BigEndian.AppendUint32(trailer, crc32.Checksum(mjs, castagnoli))
-	trailer = w.out.h.Sum(trailer)
+	trailer = out.h.Sum(trailer)
 	trailer = append(trailer, trailerMagic[:]...)
-	if _, err := w.out.w.Write(trailer); err != nil {
-		return nil, err
-	}
-	return &m, nil
+	_, err = out.w.Write(trailer)
+	return err
 }
 
 // Abort releases the compressor without producing a valid bundle.
