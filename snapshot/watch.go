@@ -117,9 +117,13 @@ type watcher struct {
 
 	mu      sync.Mutex
 	pending []datastore.Change
-	bytes   int64
-	upTo    int64
-	full    chan struct{} // signalled when pending reaches DeltaMaxBytes
+	// history keeps the changes cut into deltas while a full bundle is being taken, for
+	// the bridge delta from it (see continueFrom).
+	history     []datastore.Change
+	keepHistory bool
+	bytes       int64
+	upTo        int64
+	full        chan struct{} // signalled when pending reaches DeltaMaxBytes
 }
 
 func (w *watcher) run(ctx context.Context) error {
@@ -164,15 +168,21 @@ func (w *watcher) resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list the chains under %s: %w", w.prefixURL, err)
 	}
+	// Continue from the furthest point any full bundle of the newest chain id reaches.
 	chains, _ := Chains(entries)
 	var newest *Chain
+	lastFull := map[string]time.Time{}
 	for _, c := range chains {
 		src := c.Full.Manifest.Source
 		if c.ID == "" || src.Datastore != w.o.Source.Datastore || src.VClusterName != w.o.Source.VClusterName ||
 			src.VClusterNamespace != w.o.Source.VClusterNamespace {
 			continue
 		}
-		if newest == nil || c.Full.Manifest.Created.After(newest.Full.Manifest.Created) {
+		if c.Full.Manifest.Created.After(lastFull[c.ID]) {
+			lastFull[c.ID] = c.Full.Manifest.Created
+		}
+		if newest == nil || c.ToRevision > newest.ToRevision ||
+			(c.ToRevision == newest.ToRevision && c.Full.Manifest.Created.After(newest.Full.Manifest.Created)) {
 			newest = c
 		}
 	}
@@ -181,8 +191,8 @@ func (w *watcher) resume(ctx context.Context) error {
 		return nil
 	}
 	if newest.Gap != nil {
-		slog.Warn("the newest chain has a gap after its last delta; starting a new chain", "chain", newest.ID, "gap", newest.Gap.String())
-		return nil
+		slog.Warn("the newest chain has a gap after the last delta a full bundle reaches; continuing from there (the watch fills it if the datastore still holds those revisions)",
+			"chain", newest.ID, "gap", newest.Gap.String())
 	}
 	if r, ok := w.follow.(datastore.Reviser); ok {
 		cur, err := r.Revision(ctx)
@@ -195,7 +205,16 @@ func (w *watcher) resume(ctx context.Context) error {
 			return nil
 		}
 	}
-	w.chain, w.lastCut, w.upTo, w.lastFull = newest.ID, newest.ToRevision, newest.ToRevision, newest.Full.Manifest.Created
+	if fc, ok := w.follow.(datastore.FollowChecker); ok {
+		if err := fc.CheckFollow(ctx, newest.ToRevision); errors.Is(err, datastore.ErrCompacted) {
+			slog.Warn("the datastore compacted revisions after the newest chain's last bundle (the watcher was down too long); starting a new chain with a full bundle",
+				"chain", newest.ID, "chainRevision", newest.ToRevision, "error", err)
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+	w.chain, w.lastCut, w.upTo, w.lastFull = newest.ID, newest.ToRevision, newest.ToRevision, lastFull[newest.ID]
 	slog.Info("continuing the newest chain", "chain", w.chain, "full", newest.Full.Name, "deltas", len(newest.Deltas),
 		"fromRevision", w.lastCut)
 	return nil
@@ -204,11 +223,12 @@ func (w *watcher) resume(ctx context.Context) error {
 // newChain takes a full bundle that starts a new chain.
 func (w *watcher) newChain(ctx context.Context) error {
 	w.chain = NewChainID()
-	m, err := w.takeFull(ctx, "new chain")
+	m, err := w.takeFull(ctx, w.name(bundle.KindFull), "new chain")
 	if err != nil {
 		w.chain = ""
 		return err
 	}
+	w.lastFull = m.Created
 	w.mu.Lock()
 	w.pending, w.bytes, w.upTo = nil, 0, m.Revision
 	w.mu.Unlock()
@@ -216,14 +236,12 @@ func (w *watcher) newChain(ctx context.Context) error {
 	return nil
 }
 
-func (w *watcher) takeFull(ctx context.Context, reason string) (*bundle.Manifest, error) {
-	name := w.name(bundle.KindFull)
+func (w *watcher) takeFull(ctx context.Context, name, reason string) (*bundle.Manifest, error) {
 	o := CreateOptions{Source: w.o.Source, Tool: w.o.Tool, Chain: w.chain}
 	m, err := createOnce(ctx, w.fullSrc, storage.Location{Store: w.store, Name: name}, o, w.wopts)
 	if err != nil {
 		return nil, fmt.Errorf("full bundle %s: %w", w.store.URL(name), err)
 	}
-	w.lastFull = m.Created
 	slog.Info("stored a full bundle", "bundle", w.store.URL(name), "chain", w.chain, "revision", m.Revision, "keys", m.Keys, "reason", reason)
 	if w.o.OnBundle != nil {
 		w.o.OnBundle(WatchEvent{URL: w.store.URL(name), Manifest: m, Reason: reason})
@@ -284,33 +302,60 @@ func (w *watcher) followChain(ctx context.Context) error {
 			slog.Error("could not store the last changes", "error", err)
 		}
 	}
+	// A scheduled full bundle is taken beside the deltas, so they keep coming while it
+	// is read and stored.
+	type fullResult struct {
+		m   *bundle.Manifest
+		err error
+	}
+	var fullDone chan fullResult
+	waitFull := func() {
+		if fullDone != nil {
+			<-fullDone
+			fullDone = nil
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			cancel()
 			<-ferr
+			waitFull()
 			final()
 			return ctx.Err()
 		case err := <-ferr:
+			cancel()
+			waitFull()
 			final()
 			return err
 		case <-tick.C:
 		case <-w.full:
 		case <-fullDue.C:
-			if err := w.cut(ctx, "before a full bundle"); err != nil {
-				return err
-			}
-			m, err := w.takeFull(ctx, "every "+w.o.FullEvery.String())
-			if err != nil {
+			fullDone = make(chan fullResult, 1)
+			name := w.name(bundle.KindFull)
+			w.mu.Lock()
+			w.history, w.keepHistory = nil, true
+			w.mu.Unlock()
+			go func(done chan<- fullResult) {
+				m, err := w.takeFull(fctx, name, "every "+w.o.FullEvery.String())
+				done <- fullResult{m, err}
+			}(fullDone)
+		case r := <-fullDone:
+			fullDone = nil
+			if r.err != nil {
 				if ctx.Err() != nil {
 					continue
 				}
-				slog.Error("the scheduled full bundle failed; deltas go on, retrying in a minute", "error", err)
+				slog.Error("the scheduled full bundle failed; deltas go on, retrying in a minute", "error", r.err)
+				w.stopHistory()
 				fullDue.Reset(time.Minute)
 				continue
 			}
-			w.boundary = m.Revision
+			w.lastFull = r.m.Created
 			fullDue.Reset(w.o.FullEvery)
+			if err := w.continueFrom(ctx, r.m.Revision); err != nil {
+				slog.Error("could not link the full bundle into the chain; the deltas before it still restore every point", "error", err)
+			}
 		}
 		if err := w.cut(ctx, ""); err != nil {
 			if ctx.Err() != nil {
@@ -319,6 +364,37 @@ func (w *watcher) followChain(ctx context.Context) error {
 			slog.Error("could not store a delta; keeping its changes and retrying", "error", err)
 		}
 	}
+}
+
+func (w *watcher) stopHistory() {
+	w.mu.Lock()
+	w.history, w.keepHistory = nil, false
+	w.mu.Unlock()
+}
+
+// continueFrom makes the chain go on from a full bundle taken at rev: a delta must start
+// exactly there. When deltas were cut past rev while the full bundle was being taken, a
+// bridge delta holds the changes after rev up to the last cut; otherwise the next delta
+// ends at rev.
+func (w *watcher) continueFrom(ctx context.Context, rev int64) error {
+	defer w.stopHistory()
+	if rev > w.lastCut {
+		w.boundary = rev
+		return nil
+	}
+	if rev == w.lastCut {
+		return nil
+	}
+	w.mu.Lock()
+	var bridge []datastore.Change
+	for _, c := range w.history {
+		if c.KV.ModRevision > rev {
+			bridge = append(bridge, c)
+		}
+	}
+	w.mu.Unlock()
+	_, err := w.storeDelta(ctx, rev, w.lastCut, bridge, "bridge from the full bundle")
+	return err
 }
 
 // cut stores the pending changes as a delta bundle, up to the newest revision the
@@ -345,14 +421,32 @@ func (w *watcher) cut(ctx context.Context, why string) error {
 	batch := w.pending[:n:n]
 	w.mu.Unlock()
 
+	if _, err := w.storeDelta(ctx, w.lastCut, upTo, batch, why); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.pending = w.pending[n:]
+	for _, c := range batch {
+		w.bytes -= int64(len(c.KV.Key) + len(c.KV.Value))
+	}
+	if w.keepHistory {
+		w.history = append(w.history, batch...)
+	}
+	w.mu.Unlock()
+	w.lastCut = upTo
+	return nil
+}
+
+// storeDelta writes the changes (base, rev] as a delta bundle of the chain.
+func (w *watcher) storeDelta(ctx context.Context, base, rev int64, batch []datastore.Change, why string) (*bundle.Manifest, error) {
 	var buf bytes.Buffer
 	bw, err := bundle.NewWriter(&buf, bundle.WriterOptions{Kind: bundle.KindDelta, Tool: w.wopts.Tool,
 		Encrypt: w.wopts.Encrypt, Encryption: w.wopts.Encryption})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := bw.WriteMeta(&bundle.Meta{Source: w.o.Source}); err != nil {
-		return err
+		return nil, err
 	}
 	leases := map[int64]bool{}
 	for i := range batch {
@@ -362,35 +456,28 @@ func (w *watcher) cut(ctx context.Context, why string) error {
 		} else {
 			if id := c.KV.Lease; id != 0 && !leases[id] {
 				if err := bw.WriteLease(c.Lease); err != nil {
-					return err
+					return nil, err
 				}
 				leases[id] = true
 			}
 			err = bw.WritePut(&c.KV)
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	m, err := bw.Close(bundle.Manifest{Revision: upTo, BaseRevision: w.lastCut, Source: w.o.Source, Chain: w.chain})
+	m, err := bw.Close(bundle.Manifest{Revision: rev, BaseRevision: base, Source: w.o.Source, Chain: w.chain})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	name := w.name(bundle.KindDelta)
 	if err := w.store.Put(ctx, name, &buf); err != nil {
-		return fmt.Errorf("store delta %s: %w", w.store.URL(name), err)
+		return nil, fmt.Errorf("store delta %s: %w", w.store.URL(name), err)
 	}
-	w.mu.Lock()
-	w.pending = w.pending[n:]
-	for _, c := range batch {
-		w.bytes -= int64(len(c.KV.Key) + len(c.KV.Value))
-	}
-	w.mu.Unlock()
-	w.lastCut = upTo
 	slog.Debug("stored a delta", "bundle", w.store.URL(name), "chain", w.chain, "baseRevision", m.BaseRevision,
-		"revision", m.Revision, "puts", m.Keys, "deletes", m.Deletes)
+		"revision", m.Revision, "puts", m.Keys, "deletes", m.Deletes, "why", why)
 	if w.o.OnBundle != nil {
 		w.o.OnBundle(WatchEvent{URL: w.store.URL(name), Manifest: m, Reason: why})
 	}
-	return nil
+	return m, nil
 }
