@@ -168,30 +168,47 @@ func (w *watcher) resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list the chains under %s: %w", w.prefixURL, err)
 	}
-	// Continue from the furthest point any full bundle of the newest chain id reaches.
+	// Continue the chain id whose full bundle is newest, from the furthest revision its
+	// deltas reach. A full bundle taken after that point (the watcher stopped between
+	// storing it and the delta that links it) is linked by the next delta, which ends
+	// exactly at its revision.
 	chains, _ := Chains(entries)
-	var newest *Chain
-	lastFull := map[string]time.Time{}
+	var id string
+	var lastFull time.Time
 	for _, c := range chains {
 		src := c.Full.Manifest.Source
 		if c.ID == "" || src.Datastore != w.o.Source.Datastore || src.VClusterName != w.o.Source.VClusterName ||
 			src.VClusterNamespace != w.o.Source.VClusterNamespace {
 			continue
 		}
-		if c.Full.Manifest.Created.After(lastFull[c.ID]) {
-			lastFull[c.ID] = c.Full.Manifest.Created
-		}
-		if newest == nil || c.ToRevision > newest.ToRevision ||
-			(c.ToRevision == newest.ToRevision && c.Full.Manifest.Created.After(newest.Full.Manifest.Created)) {
-			newest = c
+		if c.Full.Manifest.Created.After(lastFull) {
+			id, lastFull = c.ID, c.Full.Manifest.Created
 		}
 	}
-	if newest == nil {
+	if id == "" {
 		slog.Info("no chain to continue under the prefix; starting one with a full bundle", "prefix", w.prefixURL)
 		return nil
 	}
+	var newest *Chain
+	end, island := int64(-1), int64(-1)
+	for _, c := range chains {
+		if c.ID != id {
+			continue
+		}
+		island = max(island, c.FromRevision)
+		if len(c.Deltas) > 0 && c.ToRevision > end {
+			end, newest = c.ToRevision, c
+		}
+	}
+	if newest == nil { // only full bundles so far: go on from the newest
+		for _, c := range chains {
+			if c.ID == id && c.FromRevision == island {
+				end, newest = island, c
+			}
+		}
+	}
 	if newest.Gap != nil {
-		slog.Warn("the newest chain has a gap after the last delta a full bundle reaches; continuing from there (the watch fills it if the datastore still holds those revisions)",
+		slog.Warn("the chain has a gap after the last delta a full bundle reaches; continuing from there (the watch fills it if the datastore still holds those revisions)",
 			"chain", newest.ID, "gap", newest.Gap.String())
 	}
 	if r, ok := w.follow.(datastore.Reviser); ok {
@@ -199,24 +216,27 @@ func (w *watcher) resume(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if cur < newest.ToRevision {
+		if cur < end {
 			slog.Warn("the datastore's revision is below the newest chain's last revision (a different or replaced datastore); starting a new chain",
-				"chain", newest.ID, "chainRevision", newest.ToRevision, "datastoreRevision", cur)
+				"chain", newest.ID, "chainRevision", end, "datastoreRevision", cur)
 			return nil
 		}
 	}
 	if fc, ok := w.follow.(datastore.FollowChecker); ok {
-		if err := fc.CheckFollow(ctx, newest.ToRevision); errors.Is(err, datastore.ErrCompacted) {
+		if err := fc.CheckFollow(ctx, end); errors.Is(err, datastore.ErrCompacted) {
 			slog.Warn("the datastore compacted revisions after the newest chain's last bundle (the watcher was down too long); starting a new chain with a full bundle",
-				"chain", newest.ID, "chainRevision", newest.ToRevision, "error", err)
+				"chain", newest.ID, "chainRevision", end, "error", err)
 			return nil
 		} else if err != nil {
 			return err
 		}
 	}
-	w.chain, w.lastCut, w.upTo, w.lastFull = newest.ID, newest.ToRevision, newest.ToRevision, lastFull[newest.ID]
+	w.chain, w.lastCut, w.upTo, w.lastFull = id, end, end, lastFull
+	if island > end {
+		w.boundary = island
+	}
 	slog.Info("continuing the newest chain", "chain", w.chain, "full", newest.Full.Name, "deltas", len(newest.Deltas),
-		"fromRevision", w.lastCut)
+		"fromRevision", w.lastCut, "linkFullAt", w.boundary)
 	return nil
 }
 

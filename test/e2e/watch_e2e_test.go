@@ -25,6 +25,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"filippo.io/age"
+
 	"github.com/vcsnap/vcsnap/datastore/open"
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
@@ -86,8 +88,23 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	}
 	prefix := "file://" + t.TempDir() + "/pitr/"
 	etcd := v.Datastore.Client(t)
+	// The SQLite chain is encrypted (age, X25519): deltas follow the encryption rules of
+	// create, and every restore needs the identity.
+	var encArgs, keyArgs []string
+	if kind == "sqlite" {
+		id, err := age.GenerateX25519Identity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		idFile := filepath.Join(t.TempDir(), "age.key")
+		if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		encArgs = []string{"--encrypt-recipient", id.Recipient().String()}
+		keyArgs = []string{"--identity-file", idFile}
+	}
 
-	nw := &newest{}
+	nw := &newest{args: encArgs}
 	w := startWatcher(t, src, prefix, "first", nw)
 	w.waitBundles(t, 1, 60*time.Second) // the full bundle
 	sw.lap("watcher's first full bundle")
@@ -223,6 +240,18 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 			t.Errorf("chain %s has a gap: %s", c.ID, c.Gap)
 		}
 	}
+	for _, c := range chains.Chains {
+		for _, e := range c.Bundles() {
+			if (e.Manifest.Encryption != nil) != (kind == "sqlite") {
+				t.Errorf("%s: encryption %+v, want it exactly when the watcher encrypts", e.Name, e.Manifest.Encryption)
+			}
+		}
+	}
+	if kind == "sqlite" {
+		if res := cli.run(t, "restore", "--datastore", freshTarget(t, kind, 30), "--to-revision", strconv.FormatInt(points[0].rev, 10), prefix); res.Code != 8 {
+			t.Errorf("restore of an encrypted chain without its key: exit %d, want 8\n%s", res.Code, res)
+		}
+	}
 	if len(chains.Orphans) > 0 {
 		t.Errorf("deltas no full bundle reaches: %d", len(chains.Orphans))
 	}
@@ -234,7 +263,7 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	for i, p := range append(points, final) {
 		target := freshTarget(t, kind, i)
 		var res restore.Result
-		cli.mustJSON(t, &res, "restore", "--datastore", target, "--to-revision", strconv.FormatInt(p.rev, 10), prefix)
+		cli.mustJSON(t, &res, append(append([]string{"restore", "--datastore", target, "--to-revision", strconv.FormatInt(p.rev, 10)}, keyArgs...), prefix)...)
 		if res.Point == nil || res.Point.Revision != p.rev {
 			t.Fatalf("point %d: restore reports %+v, want revision %d", i+1, res.Point, p.rev)
 		}
@@ -245,7 +274,7 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	// --to-time: the newest captured state at or before the third point's time.
 	target := freshTarget(t, kind, 9)
 	var res restore.Result
-	cli.mustJSON(t, &res, "restore", "--datastore", target, "--to-time", points[2].at.UTC().Format(time.RFC3339Nano), prefix)
+	cli.mustJSON(t, &res, append(append([]string{"restore", "--datastore", target, "--to-time", points[2].at.UTC().Format(time.RFC3339Nano)}, keyArgs...), prefix)...)
 	if res.Point.Revision > points[2].rev || res.Point.Revision < points[1].rev {
 		t.Fatalf("--to-time %s restored revision %d, want between points 2 and 3 (%d..%d)", points[2].at, res.Point.Revision, points[1].rev, points[2].rev)
 	}
@@ -321,8 +350,9 @@ func waitFor(ctx context.Context, d time.Duration) {
 
 // newest remembers when the newest bundle of a test's watchers was completed.
 type newest struct {
-	mu sync.Mutex
-	at time.Time
+	mu   sync.Mutex
+	at   time.Time
+	args []string // extra watcher arguments (encryption)
 }
 
 func (n *newest) get() time.Time { n.mu.Lock(); defer n.mu.Unlock(); return n.at }
@@ -495,8 +525,9 @@ func startWatcher(t *testing.T, src, prefix, tag string, nw *newest) *watcherPro
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(vcsnapBin, "-o", "json", "--log-level", "debug", "snapshot", "watch", "--datastore", src,
-		"--delta-every", envOr("VCSNAP_WATCH_DELTA_EVERY", "1s"), "--full-every", envOr("VCSNAP_WATCH_FULL_EVERY", "15s"), prefix)
+	args := []string{"-o", "json", "--log-level", "debug", "snapshot", "watch", "--datastore", src,
+		"--delta-every", envOr("VCSNAP_WATCH_DELTA_EVERY", "1s"), "--full-every", envOr("VCSNAP_WATCH_FULL_EVERY", "15s")}
+	cmd := exec.Command(vcsnapBin, append(append(args, nw.args...), prefix)...)
 	cmd.Env = newCLI(t, nil).env
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
