@@ -189,52 +189,58 @@ func (w *watcher) resume(ctx context.Context) error {
 		slog.Info("no chain to continue under the prefix; starting one with a full bundle", "prefix", w.prefixURL)
 		return nil
 	}
-	var newest *Chain
+	var newest, islandChain *Chain
 	end, island := int64(-1), int64(-1)
 	for _, c := range chains {
 		if c.ID != id {
 			continue
 		}
-		island = max(island, c.FromRevision)
+		if c.FromRevision > island {
+			island, islandChain = c.FromRevision, c
+		}
 		if len(c.Deltas) > 0 && c.ToRevision > end {
 			end, newest = c.ToRevision, c
 		}
 	}
 	if newest == nil { // only full bundles so far: go on from the newest
-		for _, c := range chains {
-			if c.ID == id && c.FromRevision == island {
-				end, newest = island, c
-			}
-		}
+		end, newest = island, islandChain
 	}
 	if newest.Gap != nil {
 		slog.Warn("the chain has a gap after the last delta a full bundle reaches; continuing from there (the watch fills it if the datastore still holds those revisions)",
 			"chain", newest.ID, "gap", newest.Gap.String())
+	}
+	from, boundary := end, int64(0)
+	switch {
+	case island > end:
+		boundary = island // the next delta ends at the newest full bundle's revision
+	case island < end && len(islandChain.Deltas) == 0:
+		// The newest full bundle was stored but deltas went past it before the bridge
+		// delta from it was: read again from its revision, so a delta starts there.
+		if fc, ok := w.follow.(datastore.FollowChecker); !ok || fc.CheckFollow(ctx, island) == nil {
+			from = island
+		}
 	}
 	if r, ok := w.follow.(datastore.Reviser); ok {
 		cur, err := r.Revision(ctx)
 		if err != nil {
 			return err
 		}
-		if cur < end {
+		if cur < from {
 			slog.Warn("the datastore's revision is below the newest chain's last revision (a different or replaced datastore); starting a new chain",
-				"chain", newest.ID, "chainRevision", end, "datastoreRevision", cur)
+				"chain", newest.ID, "chainRevision", from, "datastoreRevision", cur)
 			return nil
 		}
 	}
 	if fc, ok := w.follow.(datastore.FollowChecker); ok {
-		if err := fc.CheckFollow(ctx, end); errors.Is(err, datastore.ErrCompacted) {
+		if err := fc.CheckFollow(ctx, from); errors.Is(err, datastore.ErrCompacted) {
 			slog.Warn("the datastore compacted revisions after the newest chain's last bundle (the watcher was down too long); starting a new chain with a full bundle",
-				"chain", newest.ID, "chainRevision", end, "error", err)
+				"chain", newest.ID, "chainRevision", from, "error", err)
 			return nil
 		} else if err != nil {
 			return err
 		}
 	}
-	w.chain, w.lastCut, w.upTo, w.lastFull = id, end, end, lastFull
-	if island > end {
-		w.boundary = island
-	}
+	w.chain, w.lastCut, w.upTo, w.lastFull, w.boundary = id, from, from, lastFull, boundary
 	slog.Info("continuing the newest chain", "chain", w.chain, "full", newest.Full.Name, "deltas", len(newest.Deltas),
 		"fromRevision", w.lastCut, "linkFullAt", w.boundary)
 	return nil

@@ -47,9 +47,24 @@ func writeTestBundle(t *testing.T, dir, name string, kind bundle.Kind, base, rev
 }
 
 // A watcher killed after storing a full bundle but before the delta that links it
-// resumes from the last delta and links the full bundle with the next delta, so no
-// revision between is left uncovered.
+// resumes so that the next delta links it: ending at its revision when the deltas had
+// not reached it, starting from it when they had gone past it.
 func TestResumeLinksAFullBundleStoredBeforeAKill(t *testing.T) {
+	t.Run("deltas past it", func(t *testing.T) {
+		dir := t.TempDir()
+		t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+		writeTestBundle(t, dir, "1-full", bundle.KindFull, 0, 10, t0)
+		writeTestBundle(t, dir, "2-delta", bundle.KindDelta, 10, 20, t0.Add(time.Second))
+		writeTestBundle(t, dir, "3-full", bundle.KindFull, 0, 15, t0.Add(2*time.Second))
+		w := &watcher{o: WatchOptions{Source: bundle.Source{Datastore: "etcd"}}, store: storage.NewFileStore("/"),
+			prefixURL: "file://" + dir + "/", follow: fakeFollow{rev: 40}}
+		if err := w.resume(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if w.chain != "c1" || w.lastCut != 15 || w.boundary != 0 {
+			t.Fatalf("resume: chain %q from %d linking %d, want c1 from 15", w.chain, w.lastCut, w.boundary)
+		}
+	})
 	dir := t.TempDir()
 	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
 	writeTestBundle(t, dir, "1-full", bundle.KindFull, 0, 10, t0)
