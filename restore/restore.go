@@ -87,6 +87,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 	}
+	slog.Debug("verified the bundle", "took", time.Since(start))
 	if m.Kind != bundle.KindFull {
 		return nil, fmt.Errorf("%s is a %s bundle; restore needs a full bundle", loc.Store.URL(loc.Name), m.Kind)
 	}
@@ -167,9 +168,11 @@ func write(ctx context.Context, o Options, snapRev, snapKeys int64, feed func(da
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}
+	began := time.Now()
 	if err := feed(target); err != nil {
 		return nil, abort(ctx, target, err)
 	}
+	slog.Debug("streamed every key to the target", "took", time.Since(began))
 	rev, err := target.Commit(ctx)
 	if err != nil {
 		return nil, abort(ctx, target, err)

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
@@ -66,14 +65,14 @@ func cleanupLimit(timeout time.Duration) time.Duration {
 	return min(max(timeout, 30*time.Second), 2*time.Minute)
 }
 
-func printer(dry bool, out io.Writer) func(format string, args ...any) {
+func printer(dry bool, print func(string)) func(format string, args ...any) {
 	if !dry {
 		return func(string, ...any) {}
 	}
-	if out == nil {
-		out = os.Stdout
+	if print == nil {
+		print = func(s string) { fmt.Fprintln(os.Stdout, "[dry-run] "+s) }
 	}
-	return func(format string, args ...any) { fmt.Fprintf(out, "[dry-run] "+format+"\n", args...) }
+	return func(format string, args ...any) { print(fmt.Sprintf(format, args...)) }
 }
 
 // listWatch builds a ListerWatcher from list and watch functions of a typed client.

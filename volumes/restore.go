@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -43,9 +42,10 @@ type RestoreOptions struct {
 	// Timeout bounds each wait: snapshots ready, old PVCs gone, PVCs bound
 	// (DefaultTimeout when zero).
 	Timeout time.Duration
-	// DryRun looks everything up and prints what would be done to Out, creating nothing.
+	// DryRun looks everything up and reports each action it would take to Print
+	// (default: a "[dry-run] ..." line on stdout), creating nothing.
 	DryRun bool
-	Out    io.Writer
+	Print  func(action string)
 }
 
 // Restored is one PVC Restore created.
@@ -56,6 +56,11 @@ type Restored struct {
 	// binds once the virtual cluster's pod using it is scheduled, and the
 	// VolumeSnapshot it restores from is kept until then.
 	Bound bool
+	// VolumeName is the new PV, once bound; the recorded Volume.PersistentVolume
+	// is the one the virtual cluster's datastore still names.
+	VolumeName string
+	// From is the volume record it was restored from.
+	From bundle.Volume
 }
 
 // plan is one volume on its way back.
@@ -90,7 +95,7 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 	if o.SourceName == "" && o.TargetName != "" {
 		return nil, errors.New("renaming volumes for another virtual cluster needs the source virtual cluster's name")
 	}
-	dry := printer(o.DryRun, o.Out)
+	dry := printer(o.DryRun, o.Print)
 	run := runID()
 	var plans []*plan
 	for _, v := range vols {
@@ -110,10 +115,10 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 	}
 	if o.DryRun {
 		for _, p := range plans {
-			if p.replace {
-				dry("delete the existing PVC %s/%s (--force) and wait until it is gone", p.ns, p.pvc)
-			}
 			dry("create VolumeSnapshotContent %s (driver %s, snapshot handle %s, deletionPolicy Retain) and VolumeSnapshot %s/%s bound to it; wait until ready", p.vsc, p.vol.Driver, p.handle, p.ns, p.vs)
+			if p.replace {
+				dry("delete the existing PVC %s/%s (replace) and wait until it is gone", p.ns, p.pvc)
+			}
 			bind := "wait until Bound, then delete the VolumeSnapshot and its content (the storage snapshot stays)"
 			if !p.immediate {
 				bind = "the class binds on first consumer: not waiting for Bound, keeping the VolumeSnapshot until then"
@@ -126,7 +131,7 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 		}
 		out := make([]Restored, 0, len(plans))
 		for _, p := range plans {
-			out = append(out, Restored{Namespace: p.ns, PVC: p.pvc})
+			out = append(out, Restored{Namespace: p.ns, PVC: p.pvc, From: p.vol})
 		}
 		return out, nil
 	}
@@ -263,15 +268,16 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	if len(plans) == 0 {
 		return nil, nil
 	}
-	if err := replaceExisting(ctx, c, plans, o.Timeout); err != nil {
-		return nil, err
-	}
 	for _, p := range plans {
 		if err := createSnapshotObjects(ctx, c, p); err != nil {
 			return nil, err
 		}
 	}
 	if err := waitRestoreSnapshots(ctx, c, plans, o.Timeout); err != nil {
+		return nil, err
+	}
+	// Only now that every snapshot is known to be usable here are PVCs replaced.
+	if err := replaceExisting(ctx, c, plans, o.Timeout); err != nil {
 		return nil, err
 	}
 	for _, p := range plans {
@@ -285,7 +291,15 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	out := make([]Restored, 0, len(plans))
 	var done []*plan
 	for _, p := range plans {
-		out = append(out, Restored{Namespace: p.ns, PVC: p.pvc, Bound: p.immediate})
+		r := Restored{Namespace: p.ns, PVC: p.pvc, Bound: p.immediate, From: p.vol}
+		if p.immediate {
+			pvc, err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Get(ctx, p.pvc, metav1.GetOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("get restored PVC %s/%s: %w", p.ns, p.pvc, err)
+			}
+			r.VolumeName = pvc.Spec.VolumeName
+		}
+		out = append(out, r)
 		if p.immediate {
 			done = append(done, p)
 		} else {
@@ -303,7 +317,7 @@ func replaceExisting(ctx context.Context, c Clients, plans []*plan, timeout time
 		if !p.replace {
 			continue
 		}
-		slog.Warn("replacing an existing PVC (--force)", "pvc", p.ns+"/"+p.pvc)
+		slog.Warn("replacing an existing PVC", "pvc", p.ns+"/"+p.pvc)
 		if err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Delete(ctx, p.pvc, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete the existing PVC %s/%s to replace it: %w", p.ns, p.pvc, err)
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sort"
 	"strings"
@@ -35,9 +34,10 @@ type Options struct {
 	// AllowPartial records a failed volume with Volume.Error instead of failing
 	// the whole snapshot; the caller then marks the bundle partial.
 	AllowPartial bool
-	// DryRun looks everything up and prints what would be done to Out, creating nothing.
+	// DryRun looks everything up and reports each action it would take to Print
+	// (default: a "[dry-run] ..." line on stdout), creating nothing.
 	DryRun bool
-	Out    io.Writer
+	Print  func(action string)
 }
 
 // item is one PVC on its way to a volume record.
@@ -63,7 +63,7 @@ func Snapshot(ctx context.Context, c Clients, namespace, vclusterName string, o 
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	dry := printer(o.DryRun, o.Out)
+	dry := printer(o.DryRun, o.Print)
 	pvcs, err := findPVCs(ctx, c, namespace, vclusterName, o.ExtraPVCs)
 	if err != nil {
 		return nil, err
@@ -235,6 +235,7 @@ func resolve(ctx context.Context, c Clients, items []*item) error {
 			continue
 		}
 		it.vol.Driver = pv.Spec.CSI.Driver
+		it.vol.PersistentVolume = pv.Name
 		it.vol.VolumeSnapshotClass, it.err = pickClass(p, it.vol.Driver, classes.Items)
 	}
 	return nil

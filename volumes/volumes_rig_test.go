@@ -302,11 +302,11 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 
 	// Dry run: looks up, prints, creates nothing.
 	var dry bytes.Buffer
-	planned, err := volumes.Snapshot(ctx, cA, ns, "vc1", volumes.Options{DryRun: true, Out: &dry})
+	planned, err := volumes.Snapshot(ctx, cA, ns, "vc1", volumes.Options{DryRun: true, Print: dryPrint(&dry)})
 	if err != nil || len(planned) != 3 {
 		t.Fatalf("dry-run snapshot: %d records, %v", len(planned), err)
 	}
-	if strings.Count(dry.String(), "[dry-run] create VolumeSnapshot") != 3 || !strings.Contains(dry.String(), hA.SnapshotClass) {
+	if strings.Count(dry.String(), "create VolumeSnapshot") != 3 || !strings.Contains(dry.String(), hA.SnapshotClass) {
 		t.Fatalf("dry-run output:\n%s", dry.String())
 	}
 	noTemporaries(t, ctx, cA, ns)
@@ -329,6 +329,9 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 			v.SnapshotHandle == "" || v.RestoreSize < 64<<20 || v.StorageClass != hA.StorageClass || v.VolumeSnapshotClass != hA.SnapshotClass ||
 			len(v.AccessModes) != 1 || v.AccessModes[0] != "ReadWriteOnce" || v.VolumeMode != "Filesystem" {
 			t.Fatalf("record %+v", v)
+		}
+		if pvc, err := cA.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, v.PVC, metav1.GetOptions{}); err != nil || pvc.Spec.VolumeName != v.PersistentVolume {
+			t.Fatalf("recorded PV %q of %s: %v", v.PersistentVolume, v.PVC, err)
 		}
 		if _, bad := v.Annotations["pv.kubernetes.io/bind-completed"]; bad {
 			t.Fatalf("a binding annotation was recorded: %v", v.Annotations)
@@ -368,6 +371,11 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	t.Logf("3 volumes restored on host A in %v", time.Since(phase))
 	if len(restored) != 3 {
 		t.Fatalf("restored %+v", restored)
+	}
+	for _, r := range restored {
+		if !r.Bound || r.VolumeName == "" || r.VolumeName == r.From.PersistentVolume || r.From.SnapshotHandle == "" {
+			t.Fatalf("restored %+v", r)
+		}
 	}
 	for _, v := range synced {
 		name := volumes.HostPVCName(v.name, v.ns, "vc2")
@@ -413,14 +421,14 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	hB := rig.StartHost(t, rig.HostOptions{CSIRoot: hA.VolumeRoot, ServiceCIDR: "10.112.0.0/16"})
 	t.Logf("host B ready in %v", time.Since(phase))
 	cB := hostClients(t, hB)
-	createNS(t, ctx, cB, ns, "vc-mapped", "vc-bad")
+	createNS(t, ctx, cB, ns, "vc-mapped")
 
 	// Dry run on B prints and creates nothing.
 	dry.Reset()
-	if _, err := volumes.Restore(ctx, cB, vols, volumes.RestoreOptions{SourceName: "vc1", DryRun: true, Out: &dry}); err != nil {
+	if _, err := volumes.Restore(ctx, cB, vols, volumes.RestoreOptions{SourceName: "vc1", DryRun: true, Print: dryPrint(&dry)}); err != nil {
 		t.Fatalf("dry-run restore: %v", err)
 	}
-	if strings.Count(dry.String(), "[dry-run] create PVC") != 3 || strings.Count(dry.String(), "[dry-run] create VolumeSnapshotContent") != 3 {
+	if strings.Count(dry.String(), "create PVC") != 3 || strings.Count(dry.String(), "create VolumeSnapshotContent") != 3 {
 		t.Fatalf("dry-run output:\n%s", dry.String())
 	}
 	if l, _ := cB.Kube.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{}); len(l.Items) != 0 {
@@ -442,20 +450,43 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	// handle (as after a copy to another region).
 	moved := "copied-" + first.SnapshotHandle
 	moveSnapshot(t, hA.VolumeRoot, first.SnapshotHandle, moved)
-	// Without the map the restore fails within its timeout and leaves nothing.
-	if _, err := volumes.Restore(ctx, cB, []bundle.Volume{first}, volumes.RestoreOptions{SourceName: "vc1", TargetNamespace: "vc-bad", Timeout: 3 * time.Second}); err == nil || !strings.Contains(err.Error(), "--volume-handle-map") {
+	// Without the map the restore fails within its timeout, even forced over the
+	// existing PVC: that PVC and its data stay, nothing temporary is left.
+	before, err := cB.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, first.PVC, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := volumes.Restore(ctx, cB, []bundle.Volume{first}, volumes.RestoreOptions{SourceName: "vc1", Force: true, Timeout: 3 * time.Second}); err == nil || !strings.Contains(err.Error(), "--volume-handle-map") {
 		t.Fatalf("restore of an unknown handle: %v", err)
 	}
-	if l, _ := cB.Kube.CoreV1().PersistentVolumeClaims("vc-bad").List(ctx, metav1.ListOptions{}); len(l.Items) != 0 {
-		t.Fatalf("a failed restore left %d PVCs", len(l.Items))
+	after, err := cB.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, first.PVC, metav1.GetOptions{})
+	if err != nil || after.UID != before.UID || after.DeletionTimestamp != nil {
+		t.Fatalf("the existing PVC was touched by a restore that could not succeed: %v", err)
 	}
-	noTemporaries(t, ctx, cB, "vc-bad")
+	sameTree(t, "untouched "+first.PVC, readTree(t, hB.PVCVolumeDir(t, ns, first.PVC)), want[firstID])
+	noTemporaries(t, ctx, cB, ns)
 	if _, err := volumes.Restore(ctx, cB, []bundle.Volume{first}, volumes.RestoreOptions{SourceName: "vc1", TargetNamespace: "vc-mapped", Timeout: 2 * time.Minute,
 		HandleMap: map[string]string{first.SnapshotHandle: moved}}); err != nil {
 		t.Fatalf("restore with a handle map: %v", err)
 	}
 	sameTree(t, "mapped "+first.PVC, readTree(t, hB.PVCVolumeDir(t, "vc-mapped", first.PVC)), want[firstID])
 	noTemporaries(t, ctx, cB, "vc-mapped")
+
+	// Deleting the bundle's snapshots removes them from the storage, through host B.
+	rest := vols[1:]
+	if err := volumes.DeleteSnapshots(ctx, cB, rest, volumes.DeleteOptions{Timeout: time.Minute}); err != nil {
+		t.Fatalf("delete snapshots: %v", err)
+	}
+	for _, v := range rest {
+		if _, err := os.Stat(hA.SnapshotFile(v.SnapshotHandle)); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("storage snapshot %s of %s still there: %v", v.SnapshotHandle, v.PVC, err)
+		}
+	}
+	noTemporaries(t, ctx, cB, ns)
+}
+
+func dryPrint(b *bytes.Buffer) func(string) {
+	return func(s string) { b.WriteString(s + "\n") }
 }
 
 // moveSnapshot renames a snapshot of the test driver on its storage.

@@ -146,6 +146,9 @@ type Volume struct {
 	// plane's own data volume.
 	VirtualNamespace string `json:"virtualNamespace,omitempty"`
 	VirtualName      string `json:"virtualName,omitempty"`
+	// PersistentVolume is the host PV the PVC was bound to. The virtual PVC's
+	// spec.volumeName refers to it; a restored PVC binds to a new PV (Restored.VolumeName).
+	PersistentVolume string `json:"persistentVolume,omitempty"`
 	Driver           string `json:"driver"`
 	SnapshotHandle   string `json:"snapshotHandle"`
 	// Region holds the handle's region when the driver's snapshots are region-bound
