@@ -62,6 +62,10 @@ func TestCopyVolumesCLI(t *testing.T) {
 		got[1].SnapshotHandle != "nfs-snap-1-dr" || got[1].Region != "us-east-1" || got[0].RestoreSize != 1<<30 {
 		t.Fatalf("destination volumes %+v", got)
 	}
+	if r := cli.run(t, "snapshot", "describe", dst); r.Code != 0 || !strings.Contains(r.Stdout, copies[0].ID+" in us-east-1") ||
+		!strings.Contains(r.Stdout, "nfs.csi.k8s.io snapshot nfs-snap-1-dr in us-east-1") {
+		t.Fatalf("describe does not show the new handles: %s", r)
+	}
 	if r := cli.run(t, "snapshot", "verify", dst); r.Code != 0 {
 		t.Fatalf("verify the copy: %s", r)
 	}
