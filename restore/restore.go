@@ -38,6 +38,18 @@ type Options struct {
 	Progress     snapshot.ProgressFunc
 	// Keys open an encrypted bundle.
 	Keys encrypt.Keys
+	// To, when set, restores a point in time: Store is then a prefix holding chains of
+	// snapshot watch, and the state at the point is rebuilt from a full bundle and its
+	// deltas.
+	To snapshot.Point
+	// UpToLastGood restores the last point before a gap in the chain instead of
+	// refusing the point asked for.
+	UpToLastGood bool
+	// Transform, when set, sees every key before it is written (see translate.Rules.Apply):
+	// it may replace kv.Value (with a new slice: the reader reuses the record's) or drop
+	// the key by returning false, but not change kv.Key (the bundle's keys are unique and
+	// stay so). An error fails the restore, which is then undone like any failed restore.
+	Transform func(kv *bundle.KeyValue) (keep bool, err error)
 }
 
 // Result describes a finished restore.
@@ -48,7 +60,11 @@ type Result struct {
 	PreviousKeys     int64            `json:"previousKeys"`
 	SafetyBackup     string           `json:"safetyBackup,omitempty"`
 	Revision         int64            `json:"revision"`
-	Duration         time.Duration    `json:"duration"`
+	// DroppedKeys is how many of the bundle's keys Transform left out.
+	DroppedKeys int64         `json:"droppedKeys,omitempty"`
+	Duration    time.Duration `json:"duration"`
+	// Point describes a point-in-time restore.
+	Point *PointResult `json:"point,omitempty"`
 }
 
 // Restore verifies the whole bundle first, so a corrupt, truncated, foreign or too-new
@@ -60,6 +76,9 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err := datastore.CheckBump(o.BumpRevision); err != nil {
 		return nil, err
 	}
+	if o.To.Revision > 0 || !o.To.Time.IsZero() {
+		return restorePoint(ctx, o)
+	}
 	loc, err := storage.Open(ctx, o.Store)
 	if err != nil {
 		return nil, err
@@ -68,12 +87,61 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 	}
+	slog.Debug("verified the bundle", "took", time.Since(start))
 	if m.Kind != bundle.KindFull {
 		return nil, fmt.Errorf("%s is a %s bundle; restore needs a full bundle", loc.Store.URL(loc.Name), m.Kind)
 	}
 	if m.Partial {
 		slog.Warn("the bundle is marked partial: some volumes were not captured", "bundle", loc.Store.URL(loc.Name))
 	}
+	var keys, bytes, dropped int64
+	feed := func(target datastore.Target) error {
+		apply := func(rec *bundle.Record) error {
+			switch rec.Type {
+			case bundle.RecordLease:
+				return target.Lease(ctx, rec.Lease)
+			case bundle.RecordPut:
+				if keep, err := transform(o, &rec.KV); err != nil || !keep {
+					if err == nil {
+						dropped++
+					}
+					return err
+				}
+				keys++
+				bytes += int64(len(rec.KV.Value))
+				if o.Progress != nil && keys%1024 == 0 {
+					o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
+				}
+				return target.Put(ctx, &rec.KV)
+			}
+			return nil
+		}
+		_, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply)
+		return err
+	}
+	res, err := write(ctx, o, m.Revision, m.Keys, feed)
+	if err != nil {
+		return nil, err
+	}
+	if o.Progress != nil {
+		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
+	}
+	res.URL, res.Manifest, res.DroppedKeys, res.Duration = loc.Store.URL(loc.Name), m, dropped, time.Since(start)
+	return res, nil
+}
+
+// transform applies o.Transform, if any: keep reports whether the key is written.
+func transform(o Options, kv *bundle.KeyValue) (keep bool, err error) {
+	if o.Transform == nil {
+		return true, nil
+	}
+	return o.Transform(kv)
+}
+
+// write opens the target, refuses it before writing when it must (non-empty without
+// Force, too large a revision gap), saves its keys with Force, then lets feed write the
+// keys and commits; any failure after writing began is undone by the Guard.
+func write(ctx context.Context, o Options, snapRev, snapKeys int64, feed func(datastore.Target) error) (*Result, error) {
 	target, err := open.Target(ctx, o.Datastore, o.DatastoreOptions)
 	if err != nil {
 		return nil, err
@@ -83,7 +151,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if bump == 0 {
 		bump = DefaultBumpRevision
 	}
-	state, err := target.Prepare(ctx, datastore.PrepareOptions{Force: o.Force, SnapshotRevision: m.Revision, Keys: m.Keys, BumpRevision: bump})
+	state, err := target.Prepare(ctx, datastore.PrepareOptions{Force: o.Force, SnapshotRevision: snapRev, Keys: snapKeys, BumpRevision: bump})
 	if err != nil {
 		return nil, err
 	}
@@ -100,33 +168,16 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}
-	var keys, bytes int64
-	apply := func(rec *bundle.Record) error {
-		switch rec.Type {
-		case bundle.RecordLease:
-			return target.Lease(ctx, rec.Lease)
-		case bundle.RecordPut:
-			keys++
-			bytes += int64(len(rec.KV.Value))
-			if o.Progress != nil && keys%1024 == 0 {
-				o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
-			}
-			return target.Put(ctx, &rec.KV)
-		}
-		return nil
-	}
-	if _, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply); err != nil {
+	began := time.Now()
+	if err := feed(target); err != nil {
 		return nil, abort(ctx, target, err)
 	}
+	slog.Debug("streamed every key to the target", "took", time.Since(began))
 	rev, err := target.Commit(ctx)
 	if err != nil {
 		return nil, abort(ctx, target, err)
 	}
-	if o.Progress != nil {
-		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
-	}
-	return &Result{URL: loc.Store.URL(loc.Name), Manifest: m, PreviousRevision: state.Revision, PreviousKeys: state.Keys,
-		SafetyBackup: guard.Saved, Revision: rev, Duration: time.Since(start)}, nil
+	return &Result{PreviousRevision: state.Revision, PreviousKeys: state.Keys, SafetyBackup: guard.Saved, Revision: rev}, nil
 }
 
 func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc {

@@ -354,3 +354,72 @@ func TestInterruptedForcedRestoreIsRecoverable(t *testing.T) {
 	}
 	assertSameKeys(t, old, dump(t, dstCli))
 }
+
+// TestTransform: Options.Transform sees every key; a dropped key is not written and is
+// counted, a replaced value is written, the rest is copied as captured; a Transform error
+// fails the restore and undoes it like any other failure (the target is left empty).
+func TestTransform(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	ctx := context.Background()
+	src, srcCli := startEtcd(t)
+	fillRandom(t, srcCli, 8, 400)
+	want := dump(t, srcCli)
+	url := "file://" + filepath.Join(t.TempDir(), "snap")
+	if _, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: src.URL, Store: url}); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	transform := func(kv *bundle.KeyValue) (bool, error) {
+		seen++
+		switch {
+		case strings.HasPrefix(string(kv.Key), "/registry/secrets/"):
+			return false, nil
+		case strings.HasPrefix(string(kv.Key), "/registry/configmaps/"):
+			kv.Value = append([]byte("rewritten:"), kv.Value...)
+		}
+		return true, nil
+	}
+	dst, dstCli := startEtcd(t)
+	res, err := restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL, Transform: transform})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := dump(t, dstCli)
+	var dropped int64
+	for k, w := range want {
+		g, ok := got[k]
+		switch {
+		case strings.HasPrefix(k, "/registry/secrets/"):
+			dropped++
+			if ok {
+				t.Fatalf("%s restored though dropped", k)
+			}
+		case strings.HasPrefix(k, "/registry/configmaps/"):
+			if !bytes.Equal(g.value, append([]byte("rewritten:"), w.value...)) {
+				t.Fatalf("%s: the replaced value was not written", k)
+			}
+		case !ok || !bytes.Equal(g.value, w.value) || (g.lease == 0) != (w.lease == 0):
+			t.Fatalf("%s not copied as captured", k)
+		}
+	}
+	if res.DroppedKeys != dropped || dropped == 0 || seen != len(want) || len(got) != len(want)-int(dropped) {
+		t.Fatalf("dropped %d (result says %d), saw %d of %d keys, %d restored", dropped, res.DroppedKeys, seen, len(want), len(got))
+	}
+
+	fail := func(kv *bundle.KeyValue) (bool, error) {
+		if strings.HasPrefix(string(kv.Key), "/registry/pods/") {
+			return false, errors.New("cannot translate this pod")
+		}
+		return true, nil
+	}
+	dst2, dst2Cli := startEtcd(t)
+	_, err = restore.Restore(ctx, restore.Options{Store: url, Datastore: dst2.URL, Transform: fail})
+	if err == nil || !strings.Contains(err.Error(), "cannot translate this pod") || !strings.Contains(err.Error(), "undone") {
+		t.Fatalf("restore with a failing Transform: %v", err)
+	}
+	if resp, _ := dst2Cli.Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly()); resp.Count != 0 {
+		t.Fatalf("a failed transform left %d keys behind", resp.Count)
+	}
+}

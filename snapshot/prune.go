@@ -104,12 +104,19 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		}
 		good = append(good, e)
 	}
-	sort.Slice(good, func(i, j int) bool { return good[i].Manifest.Created.After(good[j].Manifest.Created) })
-	decisions := applyPolicy(good, o.Policy)
+	// Chains of snapshot watch are kept or deleted whole: a full bundle with the deltas
+	// that continue it. A bundle of snapshot create is a chain of its own.
+	chains, orphans := Chains(good)
+	sort.SliceStable(chains, func(i, j int) bool { return chains[i].Full.Manifest.Created.After(chains[j].Full.Manifest.Created) })
+	fulls := make([]*Entry, len(chains))
+	for i, c := range chains {
+		fulls[i] = c.Full
+	}
+	decisions := applyPolicy(fulls, o.Policy)
 
 	// The newest bundle that verifies is kept whatever the rules say.
 	verified := -1
-	for i, e := range good {
+	for i, e := range fulls {
 		if err := verifyForPrune(ctx, storage.Location{Store: loc.Store, Name: e.Name}, o.Keys); err != nil {
 			slog.Warn("a bundle failed verification; trying an older one", "bundle", e.URL, "error", err)
 			continue
@@ -117,7 +124,7 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		verified = i
 		break
 	}
-	if len(good) > 0 && verified < 0 {
+	if len(fulls) > 0 && verified < 0 {
 		return nil, fmt.Errorf("%w: refusing to prune %s", ErrNothingVerifies, prefixURL)
 	}
 	if verified >= 0 && !decisions[verified].Keep {
@@ -127,12 +134,31 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		decisions[verified].Reasons = append(decisions[verified].Reasons, "newest verified")
 	}
 
-	res := &PruneResult{Bundles: decisions, DryRun: o.DryRun}
+	res := &PruneResult{DryRun: o.DryRun}
+	for i, c := range chains {
+		res.Bundles = append(res.Bundles, decisions[i])
+		for _, d := range c.Deltas {
+			res.Bundles = append(res.Bundles, PruneDecision{URL: d.URL, Created: d.Manifest.Created, Keep: decisions[i].Keep,
+				Reasons: []string{"delta of " + c.Full.Name}})
+		}
+	}
+	for _, d := range orphans {
+		res.Bundles = append(res.Bundles, PruneDecision{URL: d.URL, Created: d.Manifest.Created, Keep: true,
+			Reasons: []string{"delta no full bundle reaches; left alone"}})
+	}
 	for i, d := range decisions {
 		if d.Keep || o.DryRun {
 			continue
 		}
-		if err := loc.Store.Delete(ctx, good[i].Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		// Deltas newest first, then the full bundle: if this stops half way, what is left
+		// is still a chain that restores.
+		c := chains[i]
+		for j := len(c.Deltas) - 1; j >= 0; j-- {
+			if err := loc.Store.Delete(ctx, c.Deltas[j].Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return res, fmt.Errorf("delete %s: %w", c.Deltas[j].URL, err)
+			}
+		}
+		if err := loc.Store.Delete(ctx, c.Full.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return res, fmt.Errorf("delete %s: %w", d.URL, err)
 		}
 	}

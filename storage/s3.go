@@ -41,6 +41,7 @@ type S3Options struct {
 	Region      string
 	Endpoint    string // custom endpoint such as MinIO; empty means AWS
 	PathStyle   bool
+	Profile     string // AWS shared config profile; empty means the default chain
 	SSE         string // "", "AES256" (SSE-S3) or "aws:kms" (SSE-KMS)
 	KMSKeyID    string
 	PartSize    int64 // first part size; zero means DefaultPartSize
@@ -77,6 +78,8 @@ func parseS3Options(u *url.URL) (S3Options, error) {
 			if o.SSE == "" {
 				o.SSE = "aws:kms"
 			}
+		case "profile":
+			o.Profile = v
 		case "part-size":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n < minPartSize || n > maxPartSize {
@@ -92,7 +95,7 @@ func parseS3Options(u *url.URL) (S3Options, error) {
 		case "access-key-id", "secret-access-key", "session-token":
 			return o, fmt.Errorf("s3 URL option %s: credentials are never taken from URLs; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or use a profile or web identity", k)
 		default:
-			return o, fmt.Errorf("unknown s3 URL option %q (known: region, endpoint, force-path-style, sse, kms-key-id, part-size, concurrency)", k)
+			return o, fmt.Errorf("unknown s3 URL option %q (known: region, endpoint, force-path-style, profile, sse, kms-key-id, part-size, concurrency)", k)
 		}
 	}
 	return o, nil
@@ -102,6 +105,7 @@ func parseS3Options(u *url.URL) (S3Options, error) {
 type S3Store struct {
 	client *s3.Client
 	opts   S3Options
+	region string // as resolved from the options and the AWS configuration
 }
 
 // NewS3Store builds a client from the AWS default configuration plus opts.
@@ -129,6 +133,11 @@ func NewS3Store(ctx context.Context, opts S3Options) (*S3Store, error) {
 	if opts.HTTPClient != nil {
 		loaders = append(loaders, config.WithHTTPClient(opts.HTTPClient))
 	}
+	if opts.Profile != "" {
+		// Another account's (or region's) credentials for this store only: a copy
+		// between accounts opens each side with its own profile.
+		loaders = append(loaders, config.WithSharedConfigProfile(opts.Profile))
+	}
 	cfg, err := config.LoadDefaultConfig(ctx, loaders...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
@@ -143,7 +152,7 @@ func NewS3Store(ctx context.Context, opts S3Options) (*S3Store, error) {
 			o.BaseEndpoint = aws.String(opts.Endpoint)
 		}
 	})
-	return &S3Store{client: client, opts: opts}, nil
+	return &S3Store{client: client, opts: opts, region: cfg.Region}, nil
 }
 
 func (s *S3Store) URL(name string) string {
@@ -197,13 +206,7 @@ func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r
 	defer func() {
 		if err != nil {
 			// The caller's ctx may be cancelled; aborting must still happen.
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			defer cancel()
-			if _, aerr := s.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
-				Bucket: &s.opts.Bucket, Key: &name, UploadId: uploadID}); aerr != nil {
-				slog.Warn("could not abort the incomplete upload; the bucket's lifecycle rule or `vcsnap snapshot prune` removes it",
-					"object", s.URL(name), "error", aerr)
-			}
+			s.abortUpload(ctx, name, uploadID)
 		}
 	}()
 

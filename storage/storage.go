@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -41,20 +42,45 @@ type Store interface {
 	URL(name string) string
 }
 
+// ServerSideCopier is a Store that can copy an object from another store without the
+// bytes passing through vcsnap (S3 CopyObject and UploadPartCopy on one endpoint).
+type ServerSideCopier interface {
+	// CopyFrom copies src's object srcName to name. It returns ErrNoServerSideCopy, having
+	// done nothing, when src is not reachable from this store's endpoint. Like Put, the
+	// object becomes visible only when CopyFrom returns nil.
+	CopyFrom(ctx context.Context, src Store, srcName, name string) error
+}
+
+// ErrNoServerSideCopy means a server-side copy between the two stores is not possible;
+// the caller streams the bytes instead.
+var ErrNoServerSideCopy = errors.New("no server-side copy between these stores")
+
 // Location is a parsed store URL: the store it names and the object (or prefix) in it.
 type Location struct {
 	Store Store
 	Name  string
 }
 
+// OpenOption adjusts how Open builds a store.
+type OpenOption func(*S3Options)
+
+// WithHTTPClient makes S3 stores send their requests through hc (tests count or break
+// requests this way).
+func WithHTTPClient(hc *http.Client) OpenOption {
+	return func(o *S3Options) { o.HTTPClient = hc }
+}
+
 // Open parses a store URL (file:///path/name or s3://bucket/key?options) and opens the store.
-func Open(ctx context.Context, raw string) (Location, error) {
+func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error) {
 	p, err := parseURL(raw)
 	if err != nil {
 		return Location{}, err
 	}
 	if p.scheme == "file" {
 		return Location{Store: NewFileStore("/"), Name: p.name}, nil
+	}
+	for _, o := range opts {
+		o(&p.s3)
 	}
 	s, err := NewS3Store(ctx, p.s3)
 	if err != nil {
@@ -99,4 +125,22 @@ func parseURL(raw string) (parsedURL, error) {
 	default:
 		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
 	}
+}
+
+// SameObject reports whether two locations name one object: a copy onto itself would
+// replace the only copy while reading it.
+func SameObject(a Location, b Location) bool {
+	switch as := a.Store.(type) {
+	case *FileStore:
+		bs, ok := b.Store.(*FileStore)
+		return ok && as.URL(a.Name) == bs.URL(b.Name)
+	case *S3Store:
+		bs, ok := b.Store.(*S3Store)
+		if !ok {
+			return false
+		}
+		_, same := as.sameEndpoint(bs)
+		return same && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +16,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+	"github.com/vcsnap/vcsnap/translate"
 )
 
 func (a *app) tool() string { return "vcsnap " + version }
@@ -32,22 +34,58 @@ func (a *app) emit(v any, text func()) error {
 
 func (a *app) snapshotCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshot", Short: "Create, list, describe, verify and delete snapshots"}
-	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand(), a.copyCommand())
+	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand(), a.copyCommand(), a.watchCommand(), a.compactCommand())
 	return cmd
 }
 
 func (a *app) createCommand() *cobra.Command {
 	var o snapshot.CreateOptions
 	var rep reportFlags
+	var byName byNameCreate
+	var valuesFile, volumesFile string
 	cmd := &cobra.Command{
-		Use:   "create --datastore URL STORE_URL",
-		Short: "Snapshot a datastore into a new bundle",
-		Example: `  vcsnap snapshot create --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
+		Use:   "create (NAME -n NAMESPACE | --datastore URL) STORE_URL",
+		Short: "Snapshot a virtual cluster, or a datastore, into a new bundle",
+		Long: `With NAME, vcsnap finds the virtual cluster NAME in the host namespace (its StatefulSet or
+Deployment and its config Secret vc-config-NAME), decides where its datastore is, and runs its
+engine in a Job beside it (vcsnap's image, mounting the control plane's data volume). The
+bundle records the vcluster values (inside the body: encrypt it), versions and host facts.
+Object store credentials reach the Job through a temporary Secret. With --datastore, vcsnap
+reads that datastore itself.`,
+		Example: `  vcsnap snapshot create vc1 -n team-a s3://backups/vc1/nightly?region=eu-west-1
+  vcsnap snapshot create vc1 -n team-a --dry-run s3://backups/vc1/nightly
+  vcsnap snapshot create --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
   vcsnap snapshot create --datastore unix:///data/kine.sock s3://backups/vc1/nightly?region=eu-west-1`,
-		Args: exactArgs("STORE_URL"),
+		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 {
+				if o.Datastore != "" {
+					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
+				}
+				return a.createByName(cmd.Context(), &byName, o, args[0], expandTime(args[1], time.Now()))
+			}
+			if byName.kf.dryRun {
+				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
+			}
 			if o.Datastore == "" {
-				return usageError{fmt.Errorf("--datastore is required (etcd://host:port, etcds://host:port?cacert=..., unix:///path/kine.sock)")}
+				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore (etcd://host:port, etcds://host:port?cacert=..., unix:///path/kine.sock, sqlite:///data/state.db)")}
+			}
+			if valuesFile != "" {
+				b, err := os.ReadFile(valuesFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--vcluster-values-file: %w", err)}
+				}
+				if o.Extra == nil {
+					o.Extra = map[string]string{}
+				}
+				o.Extra[ExtraVClusterValues] = string(b)
+			}
+			if volumesFile != "" {
+				vols, err := readVolumesFile(volumesFile)
+				if err != nil {
+					return usageError{err}
+				}
+				o.Volumes = vols
 			}
 			start := time.Now()
 			o.Store, o.Tool = expandTime(args[0], start), a.tool()
@@ -77,6 +115,13 @@ func (a *app) createCommand() *cobra.Command {
 	f.StringVar(&o.Source.VClusterName, "vcluster-name", "", "virtual cluster name to record in the bundle")
 	f.StringVar(&o.Source.VClusterNamespace, "vcluster-namespace", "", "virtual cluster host namespace to record in the bundle")
 	f.StringVar(&o.Source.KubernetesVersion, "kubernetes-version", "", "virtual cluster Kubernetes version to record in the bundle")
+	f.StringVar(&o.Source.VClusterVersion, "vcluster-version", "", "vcluster version to record in the bundle")
+	f.StringVar(&o.Source.HostServiceCIDR, "host-service-cidr", "", "the host cluster's service CIDR to record in the bundle")
+	f.StringVar(&o.Source.ServiceCIDR, "service-cidr", "", "the virtual cluster's service CIDR to record in the bundle")
+	f.StringVar(&valuesFile, "vcluster-values-file", "", "vcluster values (config.yaml) to keep inside the bundle's (encrypted) body")
+	f.StringVar(&volumesFile, "volumes-file", "", "JSON list of CSI volume snapshot records to write into the manifest")
+	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
+	byName.kf.add(f, true)
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -84,9 +129,10 @@ func (a *app) createCommand() *cobra.Command {
 }
 
 func (a *app) listCommand() *cobra.Command {
-	return &cobra.Command{
+	var chains bool
+	cmd := &cobra.Command{
 		Use:   "list STORE_PREFIX",
-		Short: "List the bundles under a prefix (reads only their manifests)",
+		Short: "List the bundles under a prefix, and the chains of snapshot watch (reads only their manifests)",
 		Args:  exactArgs("STORE_PREFIX"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			entries, err := snapshot.List(cmd.Context(), args[0])
@@ -96,10 +142,26 @@ func (a *app) listCommand() *cobra.Command {
 			if entries == nil {
 				entries = []*snapshot.Entry{}
 			}
+			cs, orphans := snapshot.Chains(entries)
+			if chains {
+				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans) })
+			}
 			return a.emit(entries, func() {
+				inChain := map[*snapshot.Entry]bool{}
+				for _, c := range cs {
+					if c.ID == "" {
+						continue
+					}
+					for _, e := range c.Bundles() {
+						inChain[e] = true
+					}
+				}
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
 				for _, e := range entries {
+					if inChain[e] || (e.Manifest != nil && e.Manifest.Kind == bundle.KindDelta) {
+						continue
+					}
 					if e.Manifest == nil {
 						fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%s\n", e.Name, humanBytes(e.Size), e.Problem)
 						continue
@@ -113,9 +175,49 @@ func (a *app) listCommand() *cobra.Command {
 						m.Source.Datastore, m.Revision, m.Keys, humanBytes(e.Size), status)
 				}
 				tw.Flush()
+				a.printChains(cs, orphans)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&chains, "chains", false, "with -o json: print the chains (full bundle, deltas, revisions and times covered) instead of the bundles")
+	return cmd
+}
+
+// printChains shows each chain of snapshot watch as one line: its full bundle, how many
+// deltas continue it, and the revisions and times it covers.
+func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry) {
+	n := 0
+	for _, c := range cs {
+		if c.ID != "" {
+			n++
+		}
+	}
+	if n == 0 && len(orphans) == 0 {
+		return
+	}
+	fmt.Fprintln(a.stdout)
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHAIN\tFULL BUNDLE\tDELTAS\tREVISIONS\tFROM\tTO\tSIZE\tSTATUS")
+	for _, c := range cs {
+		if c.ID == "" {
+			continue
+		}
+		var size int64
+		for _, e := range c.Bundles() {
+			size += e.Size
+		}
+		status := "complete"
+		if c.Gap != nil {
+			status = "gap after it: " + c.Gap.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d-%d\t%s\t%s\t%s\t%s\n", c.ID, c.Full.Name, len(c.Deltas), c.FromRevision, c.ToRevision,
+			c.From.Format(time.RFC3339), c.To.Format(time.RFC3339), humanBytes(size), status)
+	}
+	for _, o := range orphans {
+		fmt.Fprintf(tw, "%s\t-\t%s\t%d-%d\t%s\t-\t%s\tno full bundle reaches it\n", o.Manifest.Chain, o.Name,
+			o.Manifest.BaseRevision+1, o.Manifest.Revision, o.Manifest.Created.Format(time.RFC3339), humanBytes(o.Size))
+	}
+	tw.Flush()
 }
 
 func (a *app) describeCommand() *cobra.Command {
@@ -159,7 +261,25 @@ func (a *app) printManifest(url string, size int64, m *bundle.Manifest) {
 	row("Encrypted", enc)
 	row("Partial", m.Partial)
 	row("Written by", m.Tool)
+	if m.Source.HostServiceCIDR != "" {
+		row("Host service CIDR", m.Source.HostServiceCIDR)
+	}
+	for _, v := range m.Volumes {
+		row("Volume", volumeLine(v))
+	}
 	tw.Flush()
+}
+
+// volumeLine says where a volume's snapshot is, for describe and copy.
+func volumeLine(v bundle.Volume) string {
+	if v.Error != "" {
+		return fmt.Sprintf("%s/%s: not captured (%s)", v.Namespace, v.PVC, v.Error)
+	}
+	where := ""
+	if v.Region != "" {
+		where = " in " + v.Region
+	}
+	return fmt.Sprintf("%s/%s: %s snapshot %s%s, %s", v.Namespace, v.PVC, v.Driver, v.SnapshotHandle, where, humanBytes(v.RestoreSize))
 }
 
 // keyFlags adds the flags that open encrypted bundles.
@@ -208,22 +328,91 @@ func (a *app) deleteCommand() *cobra.Command {
 func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
 	var noSafety bool
+	var byName byNameRestore
+	var toTime string
+	var tf translateFlags
 	cmd := &cobra.Command{
-		Use:   "restore --datastore URL STORE_URL",
-		Short: "Restore a bundle into a datastore",
+		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
+		Short: "Restore a bundle into a virtual cluster or a datastore",
 		Long: `Restore verifies the whole bundle before touching the target, then writes it, raises the
 target's revision above both the snapshot's and the target's previous revision, and compacts,
-so clients holding old resourceVersions re-list instead of missing events. Stop the virtual
-control plane first. A failed restore empties the target again.`,
-		Example: `  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21`,
-		Args:    exactArgs("STORE_URL"),
+so clients holding old resourceVersions re-list instead of missing events. A failed restore
+puts the target's previous keys back.
+
+With NAME, vcsnap finds the virtual cluster NAME in the host namespace, verifies the bundle,
+pauses the control plane (scales it to 0, recording its replicas in the annotation
+` + "vcsnap.io/paused-replicas" + `), restores its datastore through a Job beside it (the target's keys
+are first saved as <bundle>.pre-restore-<time>), resumes it and waits until it is ready. A
+failed restore resumes the old state. If vcsnap itself is interrupted, bring the virtual
+cluster back with: vcsnap resume NAME -n NAMESPACE.
+
+With --datastore, stop the virtual control plane first.`,
+		Example: `  vcsnap restore vc1 -n team-a s3://backups/vc1/nightly-20261121T020000Z?region=eu-west-1
+  vcsnap restore vc1 -n team-a --dry-run s3://backups/vc1/nightly-20261121T020000Z
+  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
+  vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
+    --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21
+  vcsnap restore --datastore sqlite:///data/state.db --to-time 2026-11-21T10:42:00Z s3://backups/vc1/pitr/
+  vcsnap restore --datastore etcd://127.0.0.1:2379 --to-revision 48211 file:///backups/vc1/`,
+		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 {
+				if o.Datastore != "" {
+					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
+				}
+				byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				// A point in time: the engine reads the chains under the prefix.
+				if toTime != "" {
+					byName.EngineArgs = append(byName.EngineArgs, "--to-time", toTime)
+					byName.pointInTime = true
+				}
+				if o.To.Revision > 0 {
+					byName.EngineArgs = append(byName.EngineArgs, "--to-revision", fmt.Sprint(o.To.Revision))
+					byName.pointInTime = true
+				}
+				if o.UpToLastGood {
+					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
+				}
+				return a.restoreByName(cmd.Context(), &byName, o, noSafety, args[0], args[1])
+			}
+			if byName.kf.dryRun {
+				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
+			}
 			if o.Datastore == "" {
-				return usageError{fmt.Errorf("--datastore is required")}
+				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore")}
+			}
+			if toTime != "" {
+				t, err := time.Parse(time.RFC3339, toTime)
+				if err != nil {
+					return usageError{fmt.Errorf("--to-time %q: want RFC 3339, such as 2026-11-21T10:42:00Z", toTime)}
+				}
+				o.To.Time = t
+			}
+			if o.To.Revision < 0 || (o.To.Revision > 0 && toTime != "") {
+				return usageError{fmt.Errorf("give --to-revision (positive) or --to-time, not both")}
+			}
+			pit := o.To.Revision > 0 || toTime != ""
+			if o.UpToLastGood && !pit {
+				return usageError{fmt.Errorf("--up-to-last-good goes with --to-revision or --to-time")}
 			}
 			o.Store = args[0]
+			rules, err := tf.rules(cmd.Context(), o.Store)
+			if err != nil {
+				return err
+			}
+			if rules != nil {
+				o.Transform = rules.Apply
+			}
 			if o.Force && !noSafety {
-				o.SafetyBackup = safetyBackupURL(o.Store, time.Now())
+				// Beside a prefix, not inside it: the chains under it stay the watcher's own.
+				base, query, _ := strings.Cut(o.Store, "?")
+				if pit {
+					base = strings.TrimSuffix(base, "/")
+				}
+				if query != "" {
+					base += "?" + query
+				}
+				o.SafetyBackup = safetyBackupURL(base, time.Now())
 			}
 			progress, done := a.progress()
 			o.Progress = progress
@@ -232,16 +421,35 @@ control plane first. A failed restore empties the target again.`,
 			if err != nil {
 				return err
 			}
-			return a.emit(res, func() {
+			out := restoreOutput{Result: res}
+			if rules != nil {
+				st := rules.Stats()
+				out.Translation = &st
+			}
+			return a.emit(out, func() {
 				fmt.Fprintf(a.stdout, "Restored %s into %s: %d keys, %d leases; revision now %d (snapshot %d, target before %d), %s\n",
-					res.URL, open.Redact(o.Datastore), res.Manifest.Keys, res.Manifest.Leases, res.Revision,
+					res.URL, open.Redact(o.Datastore), res.Manifest.Keys-res.DroppedKeys, res.Manifest.Leases, res.Revision,
 					res.Manifest.Revision, res.PreviousRevision, res.Duration.Round(time.Millisecond))
+				if p := res.Point; p != nil {
+					fmt.Fprintf(a.stdout, "Point in time %s: revision %d from %s and %d delta(s), %d change(s) laid over it\n",
+						p.Asked, p.Revision, p.Full, len(p.Deltas), p.Changes)
+					if p.Gap != "" {
+						fmt.Fprintf(a.stdout, "Stopped short of %s at the last good point, revision %d: %s\n", p.Asked, p.Revision, p.Gap)
+					}
+				}
+				if st := out.Translation; st != nil {
+					fmt.Fprintf(a.stdout, "Translated for the new host: %d host names, %d pods to reschedule, %d Services re-addressed; left out %d Nodes, %d kube-root-ca.crt ConfigMaps, %d stale IP allocations\n",
+						st.HostNames, st.Pods, st.Services, st.Nodes, st.RootCAs, st.IPAllocations)
+				}
 				if res.SafetyBackup != "" {
 					fmt.Fprintf(a.stdout, "The target's previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
 				}
 			})
 		},
 	}
+	cmd.Flags().Int64Var(&o.To.Revision, "to-revision", 0, "restore the state at this revision from the chains of snapshot watch under the STORE_URL prefix")
+	cmd.Flags().StringVar(&toTime, "to-time", "", "restore the newest state captured at or before this time (RFC 3339) from the chains under the prefix")
+	cmd.Flags().BoolVar(&o.UpToLastGood, "up-to-last-good", false, "when the chain has a gap before the point, restore the last point before it instead of refusing")
 	f := cmd.Flags()
 	keyFlags(cmd, &o.Keys)
 	f.BoolVar(&noSafety, "no-safety-backup", false, "with --force, do not save the target's current keys before replacing them")
@@ -250,7 +458,15 @@ control plane first. A failed restore empties the target again.`,
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
+	byName.kf.add(f, true)
+	addTranslateFlags(f, &tf)
 	return cmd
+}
+
+// restoreOutput is restore's JSON output: the result and what the translation changed.
+type restoreOutput struct {
+	*restore.Result
+	Translation *translate.Stats `json:"translation,omitempty"`
 }
 
 func (a *app) versionCommand() *cobra.Command {
@@ -276,4 +492,18 @@ func safetyBackupURL(store string, now time.Time) string {
 		u += "?" + query
 	}
 	return u
+}
+
+// ExtraVClusterValues is the meta record's key for the vcluster values (config.yaml):
+// inside the body, which is encrypted when the bundle is.
+const ExtraVClusterValues = "vclusterValues"
+
+// rangeArgs accepts between min and max arguments, with a usage error naming them.
+func rangeArgs(names string, min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < min || len(args) > max {
+			return usageError{fmt.Errorf("%s needs %s, got %d argument(s)", cmd.CommandPath(), names, len(args))}
+		}
+		return nil
+	}
 }

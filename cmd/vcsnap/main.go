@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -17,7 +18,15 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// memoryLimit is the heap size the garbage collector keeps vcsnap under unless GOMEMLIMIT
+// says otherwise. vcsnap streams: its live heap is a few pages and frames (20-40 MiB),
+// and the default GOGC would let the heap grow to twice that between collections.
+const memoryLimit = 40 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -31,6 +40,9 @@ type app struct {
 	logLevel       string
 	logFormat      string
 	quiet          bool
+	// Hidden: pprof profiles of one run, for performance work (see BENCHMARKS.md).
+	cpuProfile, memProfile string
+	stopProfiles           func() error
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -40,6 +52,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if a.stopProfiles != nil {
+		if perr := a.stopProfiles(); perr != nil && err == nil {
+			err = perr
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", context.Canceled, err)
@@ -61,6 +78,9 @@ into one verified, compressed bundle in an object store, and restores it.`,
 			if a.output != "text" && a.output != "json" {
 				return usageError{fmt.Errorf("--output %q: want text or json", a.output)}
 			}
+			if err := a.startProfiles(); err != nil {
+				return err
+			}
 			return a.setupLogging()
 		},
 	}
@@ -68,8 +88,12 @@ into one verified, compressed bundle in an object store, and restores it.`,
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().BoolVarP(&a.quiet, "quiet", "q", false, "no progress display")
+	root.PersistentFlags().StringVar(&a.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to this file")
+	root.PersistentFlags().StringVar(&a.memProfile, "memprofile", "", "write a pprof heap profile at the end of the run to this file")
+	_ = root.PersistentFlags().MarkHidden("cpuprofile")
+	_ = root.PersistentFlags().MarkHidden("memprofile")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.migrateCommand(), a.versionCommand())
+	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.resumeCommand(), a.migrateCommand(), a.versionCommand())
 	return root
 }
 

@@ -24,8 +24,15 @@ import (
 )
 
 // A write transaction of the temporary database is committed after this many bytes, so
-// memory stays bounded whatever the size of the restore.
-const txBytes = 64 << 20
+// memory stays bounded whatever the size of the restore (bbolt holds a transaction's
+// new pages in the heap until it commits).
+const txBytes = 16 << 20
+
+// mmapBytes is the address space the temporary database is mapped with from the start
+// (etcd's own backend reserves 10 GiB the same way). It is not memory: pages count only
+// once read. Without it bbolt grows the map as the file grows, and every remap first
+// copies every key and value of the open transaction out of the old map.
+const mmapBytes = 10 << 30
 
 // Target restores into an offline etcd data directory. The new directory is built next
 // to the target and renamed into place at Commit; a non-empty target is refused unless
@@ -130,7 +137,8 @@ func (t *Target) Begin(ctx context.Context) error {
 	if err := os.MkdirAll(t.work, 0o700); err != nil {
 		return fmt.Errorf("%w: %v", datastore.ErrUnavailable, err)
 	}
-	db, err := bolt.Open(filepath.Join(t.work, "snapshot.db"), 0o600, &bolt.Options{NoSync: true, NoGrowSync: true, Timeout: time.Second})
+	db, err := bolt.Open(filepath.Join(t.work, "snapshot.db"), 0o600, &bolt.Options{NoSync: true, NoGrowSync: true, Timeout: time.Second,
+		InitialMmapSize: mmapBytes})
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -52,11 +53,13 @@ func (s *Source) Count(ctx context.Context) (int64, error) {
 	return resp.Count, nil
 }
 
-// Pages aim at this many bytes so memory stays flat whatever the values' sizes.
+// Pages aim at pageTargetBytes so memory stays flat whatever the values' sizes (a var
+// so that tests can make pages of a few keys).
+var pageTargetBytes int64 = 1 << 20
+
 const (
-	pageTargetBytes = 4 << 20
-	minPage         = 16
-	maxPage         = 2000
+	minPage = 16
+	maxPage = 2000
 )
 
 type page struct {
@@ -68,7 +71,12 @@ type page struct {
 // ahead while the previous one is being written out.
 func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error) {
 	start, end := prefixRange(s.prefix)
-	first, err := s.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	// On etcd a one-key Get pins the revision; a ranged one would count the whole range.
+	firstOpts := []clientv3.OpOption{clientv3.WithKeysOnly()}
+	if s.kine {
+		firstOpts = append(firstOpts, clientv3.WithRange(end), clientv3.WithLimit(1))
+	}
+	first, err := s.cli.Get(ctx, start, firstOpts...)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", datastore.ErrUnavailable, err)
 	}
@@ -76,7 +84,7 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pages := make(chan page, 2)
+	pages := make(chan page, 1)
 	go s.fetch(ctx, rev, start, end, pages)
 
 	leases := map[int64]bool{}
@@ -113,11 +121,26 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 	return rev, ctx.Err()
 }
 
+// fetch pages through [key, end) at rev. etcd counts every key from a request's start to
+// its range end whatever the limit (treeIndex.Revisions walks the whole range for the
+// response's Count), so paging with the range's own end costs time quadratic in the keys:
+// minutes of server CPU at a million keys. On etcd each page therefore asks for a range
+// that ends at the successor of a prefix of its first key, as long as a page: a page that
+// comes back with more keys than asked for lengthens the prefix (a narrower range), a
+// page that empties its range with few keys shortens it. kine takes only prefix ranges
+// and pages with the range's end.
 func (s *Source) fetch(ctx context.Context, rev int64, key, end string, out chan<- page) {
 	defer close(out)
 	limit := int64(500)
+	depth := len(s.prefix) + 1 // bytes of the first key whose successor ends the page
+	var requests, walked int64
+	defer func() { slog.Debug("read pages", "requests", requests, "keysWalked", walked) }()
 	for {
-		resp, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(limit))
+		to := end
+		if !s.kine && requests > 0 {
+			to = pageEnd(key, depth, end)
+		}
+		resp, err := s.cli.Get(ctx, key, clientv3.WithRange(to), clientv3.WithRev(rev), clientv3.WithLimit(limit))
 		if err != nil {
 			select {
 			case out <- page{err: err}:
@@ -125,23 +148,62 @@ func (s *Source) fetch(ctx context.Context, rev int64, key, end string, out chan
 			}
 			return
 		}
+		requests++
+		walked += resp.Count
 		var bytes int64
 		for _, kv := range resp.Kvs {
 			bytes += int64(len(kv.Key) + len(kv.Value))
 		}
-		select {
-		case out <- page{kvs: resp.Kvs}:
-		case <-ctx.Done():
-			return
+		if len(resp.Kvs) > 0 {
+			select {
+			case out <- page{kvs: resp.Kvs}:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
+		switch {
+		case resp.More && len(resp.Kvs) > 0:
+			// Too wide: narrow to at least the prefix this page's keys share, plus one byte.
+			first, last := resp.Kvs[0].Key, resp.Kvs[len(resp.Kvs)-1].Key
+			key = string(last) + "\x00"
+			depth = max(depth+1, commonPrefix(first, last)+1)
+		case to == end:
 			return
+		default:
+			key = to
+			if resp.Count < limit/8 && depth > 1 {
+				depth--
+			}
 		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		if bytes > 0 {
 			limit = max(minPage, min(maxPage, limit*pageTargetBytes/bytes))
 		}
 	}
+}
+
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// pageEnd is the successor of key's first depth bytes (the end of the range of keys with
+// that prefix), capped at end; "\x00" as end means no end, as in etcd.
+func pageEnd(key string, depth int, end string) string {
+	p := []byte(key[:min(depth, len(key))])
+	for len(p) > 0 && p[len(p)-1] == 0xff {
+		p = p[:len(p)-1]
+	}
+	if len(p) == 0 {
+		return end
+	}
+	p[len(p)-1]++
+	if to := string(p); end == "\x00" || to < end {
+		return to
+	}
+	return end
 }
 
 // lease captures a lease's remaining TTL. kine has no TimeToLive: its lease ID is the TTL

@@ -87,10 +87,10 @@ func openDB(c Config, readOnly, immutable bool) (*sql.DB, error) {
 		}
 		p.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", c.BusyTimeout.Milliseconds()))
 		if readOnly {
-			// Reads revisit index and table pages: a larger page cache and memory-mapped
-			// I/O save most of the read system calls.
-			p.Add("_pragma", "cache_size(-65536)")
-			p.Add("_pragma", "mmap_size(1073741824)")
+			// A read walks the name index and the table once, in order: a small page
+			// cache is enough (the operating system caches the file), and no mmap: its
+			// pages would count against vcsnap's memory for the whole file size.
+			p.Add("_pragma", "cache_size(-2048)")
 		}
 		p.Set("_txlock", "deferred")
 		db, err := sql.Open("sqlite", sqliteDSN(c.Path, p))

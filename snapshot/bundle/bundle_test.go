@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -312,3 +313,43 @@ func TestSourceFailureIsNotCorruption(t *testing.T) {
 type failingReader struct{ err error }
 
 func (f *failingReader) Read([]byte) (int, error) { return 0, f.err }
+
+// failAfter accepts n bytes, then fails every write.
+type failAfter struct{ n int }
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if len(p) > f.n {
+		k := f.n
+		f.n = 0
+		return k, errors.New("disk full")
+	}
+	f.n -= len(p)
+	return len(p), nil
+}
+
+// The body is compressed several frames at a time: a destination failing part way
+// through surfaces as an error from a write or Close, never as a bundle, and Abort
+// after it does not hang.
+func TestDestinationFailureDuringFrames(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	w, err := NewWriter(&failAfter{n: 3 << 20}, WriterOptions{Tool: "vcsnap test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteMeta(&Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	v := make([]byte, 64<<10)
+	var werr error
+	for i := 0; i < 400 && werr == nil; i++ {
+		rng.Read(v) // incompressible: 25 MiB of body for a 3 MiB destination
+		werr = w.WritePut(&KeyValue{Key: fmt.Appendf(nil, "/k/%06d", i), Value: v})
+	}
+	if werr == nil {
+		_, werr = w.Close(Manifest{Revision: 1})
+	}
+	if werr == nil || !strings.Contains(werr.Error(), "disk full") {
+		t.Fatalf("got %v, want the destination's error", werr)
+	}
+	w.Abort()
+}

@@ -110,22 +110,27 @@ type Source struct {
 // Manifest is the clear JSON at the end of a bundle, read by describe and list without
 // downloading the body.
 type Manifest struct {
-	Format       int         `json:"format"`
-	Kind         Kind        `json:"kind"`
-	Created      time.Time   `json:"created"`
-	Completed    time.Time   `json:"completed"`
-	Revision     int64       `json:"revision"`
-	BaseRevision int64       `json:"baseRevision,omitempty"`
-	Source       Source      `json:"source"`
-	Keys         int64       `json:"keys"`
-	Leases       int64       `json:"leases"`
-	Deletes      int64       `json:"deletes,omitempty"`
-	KeyBytes     int64       `json:"keyBytes"`
-	ValueBytes   int64       `json:"valueBytes"`
-	BodyBytes    int64       `json:"bodyBytes"`
-	Partial      bool        `json:"partial,omitempty"`
-	Encryption   *Encryption `json:"encryption,omitempty"`
-	Tool         string      `json:"tool"`
+	Format       int       `json:"format"`
+	Kind         Kind      `json:"kind"`
+	Created      time.Time `json:"created"`
+	Completed    time.Time `json:"completed"`
+	Revision     int64     `json:"revision"`
+	BaseRevision int64     `json:"baseRevision,omitempty"`
+	// Chain names the unbroken history a bundle belongs to (snapshot watch): every full
+	// and delta bundle of one chain id covers one datastore's revisions without a gap, a
+	// delta continuing the bundle whose Revision is its BaseRevision. Empty for bundles
+	// made by snapshot create.
+	Chain      string      `json:"chain,omitempty"`
+	Source     Source      `json:"source"`
+	Keys       int64       `json:"keys"`
+	Leases     int64       `json:"leases"`
+	Deletes    int64       `json:"deletes,omitempty"`
+	KeyBytes   int64       `json:"keyBytes"`
+	ValueBytes int64       `json:"valueBytes"`
+	BodyBytes  int64       `json:"bodyBytes"`
+	Partial    bool        `json:"partial,omitempty"`
+	Encryption *Encryption `json:"encryption,omitempty"`
+	Tool       string      `json:"tool"`
 	// Volumes are the CSI volume snapshots taken with the datastore. They sit in the clear
 	// manifest (handles, names and sizes are not secret) so that copying a bundle to
 	// another region can rewrite the handles without the decryption key.
@@ -141,12 +146,18 @@ type Volume struct {
 	// plane's own data volume.
 	VirtualNamespace string `json:"virtualNamespace,omitempty"`
 	VirtualName      string `json:"virtualName,omitempty"`
+	// PersistentVolume is the host PV the PVC was bound to. The virtual PVC's
+	// spec.volumeName refers to it; a restored PVC binds to a new PV (Restored.VolumeName).
+	PersistentVolume string `json:"persistentVolume,omitempty"`
 	Driver           string `json:"driver"`
 	SnapshotHandle   string `json:"snapshotHandle"`
 	// Region holds the handle's region when the driver's snapshots are region-bound
 	// (EBS), after a cross-region copy the target region.
-	Region              string            `json:"region,omitempty"`
-	RestoreSize         int64             `json:"restoreSize"`
+	Region      string `json:"region,omitempty"`
+	RestoreSize int64  `json:"restoreSize"`
+	// RequestedBytes is the PVC's storage request; a restored PVC asks for the
+	// larger of it and RestoreSize.
+	RequestedBytes      int64             `json:"requestedBytes,omitempty"`
 	StorageClass        string            `json:"storageClass,omitempty"`
 	VolumeSnapshotClass string            `json:"volumeSnapshotClass,omitempty"`
 	AccessModes         []string          `json:"accessModes,omitempty"`

@@ -126,6 +126,8 @@ type Reader struct {
 	hdrLen   int64
 	done     bool
 	err      error
+	// bodyEnd, when set, runs once the body's terminator has been read (Rewrite).
+	bodyEnd func()
 }
 
 // NewReader reads and checks the header from r. It refuses a bundle of a newer format
@@ -385,6 +387,9 @@ func (r *Reader) readTail(totals bool) (*Manifest, error) {
 	}
 	if !r.chunks.done {
 		return nil, corruptf("body has no terminator")
+	}
+	if r.bodyEnd != nil {
+		r.bodyEnd()
 	}
 	var lenBuf [4]byte
 	if err := readFull(r.in, lenBuf[:], "manifest"); err != nil {

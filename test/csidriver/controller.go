@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -207,7 +208,8 @@ func (c *controller) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotRe
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "tar volume %s: %v", srcID, err)
 	}
-	m := &snapshotMeta{Name: req.GetName(), ID: id, SourceVolumeID: srcID, SizeBytes: vol.CapacityBytes, TarBytes: n, Created: nowUTC()}
+	_, pendErr := os.Stat(filepath.Join(d.volDir(srcID), pendingMarker))
+	m := &snapshotMeta{Name: req.GetName(), ID: id, SourceVolumeID: srcID, SizeBytes: vol.CapacityBytes, TarBytes: n, Created: nowUTC(), Pending: pendErr == nil}
 	if err := writeJSON(d.snapMeta(id), m); err != nil {
 		_ = os.Remove(d.snapTar(id))
 		return nil, errStatus(err)
@@ -221,7 +223,7 @@ func snapshotOf(m *snapshotMeta) *csi.Snapshot {
 		SnapshotId:     m.ID,
 		SourceVolumeId: m.SourceVolumeID,
 		CreationTime:   timestamppb.New(m.Created),
-		ReadyToUse:     true,
+		ReadyToUse:     !m.Pending,
 	}
 }
 

@@ -52,10 +52,14 @@ type snapshotMeta struct {
 	SourceVolumeID string    `json:"sourceVolumeId"`
 	SizeBytes      int64     `json:"sizeBytes"` // the source volume's capacity: the restore size
 	TarBytes       int64     `json:"tarBytes"`
+	Pending        bool      `json:"pending,omitempty"` // never ready to use (see pendingMarker)
 	Created        time.Time `json:"created"`
 }
 
 const defaultCapacity = 1 << 30
+
+// pendingMarker in a volume makes its snapshots stay not ready to use.
+const pendingMarker = ".pending-snapshot"
 
 var safeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 

@@ -6,6 +6,10 @@
 // volume's directory onto the kubelet's target path. It is meant for tests
 // only: no quota, no topology, one fixed node id.
 //
+// A volume holding a file named .pending-snapshot gets snapshots that are cut
+// but never ready to use (like a cloud snapshot still uploading), so tests can
+// exercise timeouts with the real snapshot controllers.
+//
 // With --kubelet-registration-dir it also registers itself with a kubelet
 // (the kubelet plugin-registration API, as node-driver-registrar does), and
 // with --registrar-only it does nothing else: it registers the driver already

@@ -113,13 +113,24 @@ type CSIDriver struct {
 // it answers Probe.
 func StartCSIDriver(t testing.TB) *CSIDriver {
 	t.Helper()
+	return StartCSIDriverAt(t, "")
+}
+
+// StartCSIDriverAt is StartCSIDriver on a given --root (a fresh temp dir when
+// empty). Two drivers on one root see the same volumes and snapshots: two hosts
+// sharing one storage system, where snapshot handles resolve on both.
+func StartCSIDriverAt(t testing.TB, root string) *CSIDriver {
+	t.Helper()
 	RequireIntegration(t)
+	if root == "" {
+		root = filepath.Join(t.TempDir(), "csi-root")
+	}
 	bin := CSIDriverBinary(t)
 	sockDir := tempDir(t, "rig-csi-") // short path: unix socket names are limited to 107 bytes
 	d := &CSIDriver{
 		Name:   CSIDriverName,
 		Socket: filepath.Join(sockDir, "csi.sock"),
-		Root:   filepath.Join(t.TempDir(), "csi-root"),
+		Root:   root,
 	}
 	d.Process = StartProcess(t, ProcSpec{
 		Name: "csidriver", Path: bin,

@@ -40,6 +40,9 @@ var (
 // HostOptions configure StartHost.
 type HostOptions struct {
 	ServiceCIDR string // default 10.96.0.0/16
+	// CSIRoot is the test driver's storage (--root); give a second host the first
+	// one's Host.VolumeRoot to share it, so snapshot handles resolve on both.
+	CSIRoot string
 }
 
 // Host is a host cluster without nodes: etcd, kube-apiserver,
@@ -112,7 +115,7 @@ func StartHost(t testing.TB, o HostOptions) *Host {
 	})
 
 	// The CSI driver, and the CRDs the snapshot sidecars need.
-	h.CSI = StartCSIDriver(t)
+	h.CSI = StartCSIDriverAt(t, o.CSIRoot)
 	h.VolumeRoot = h.CSI.Root
 	cfg := api.RESTConfig()
 	applyCRDs(t, cfg, crdDir)

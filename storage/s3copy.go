@@ -1,0 +1,149 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+)
+
+// sameEndpoint reports whether src's objects can be copied by this store's endpoint with
+// this store's credentials: the same endpoint (or AWS in the same region) and the same
+// credentials profile.
+func (s *S3Store) sameEndpoint(src Store) (*S3Store, bool) {
+	o, ok := src.(*S3Store)
+	if !ok {
+		return nil, false
+	}
+	return o, o.opts.Endpoint == s.opts.Endpoint && o.region == s.region && o.opts.Profile == s.opts.Profile
+}
+
+// CopyFrom copies an object server-side: one CopyObject request when it fits the store's
+// first part size, otherwise a multipart upload of UploadPartCopy ranges that is aborted
+// on any failure, so an interrupted copy leaves nothing visible. Every request is pinned
+// to the source's ETag, so a source replaced during the copy fails it instead of
+// yielding a mix of two objects.
+func (s *S3Store) CopyFrom(ctx context.Context, src Store, srcName, name string) error {
+	from, ok := s.sameEndpoint(src)
+	if !ok {
+		return ErrNoServerSideCopy
+	}
+	head, err := from.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &from.opts.Bucket, Key: &srcName})
+	if err != nil {
+		return from.mapErr(srcName, err)
+	}
+	size, etag := aws.ToInt64(head.ContentLength), head.ETag
+	source := copySource(from.opts.Bucket, srcName)
+	if size <= s.partSize(1) {
+		in := &s3.CopyObjectInput{Bucket: &s.opts.Bucket, Key: &name, CopySource: &source, CopySourceIfMatch: etag}
+		s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
+		if _, err := s.client.CopyObject(ctx, in); err != nil {
+			return fmt.Errorf("server-side copy of %s to %s: %w", from.URL(srcName), s.URL(name), err)
+		}
+		return nil
+	}
+	return s.copyMultipart(ctx, from.URL(srcName), source, etag, size, name)
+}
+
+func (s *S3Store) copyMultipart(ctx context.Context, srcURL, source string, etag *string, size int64, name string) (err error) {
+	in := &s3.CreateMultipartUploadInput{Bucket: &s.opts.Bucket, Key: &name}
+	s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
+	created, err := s.client.CreateMultipartUpload(ctx, in)
+	if err != nil {
+		return fmt.Errorf("start server-side copy to %s: %w", s.URL(name), err)
+	}
+	uploadID := created.UploadId
+	defer func() {
+		if err != nil {
+			s.abortUpload(ctx, name, uploadID)
+		}
+	}()
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu    sync.Mutex
+		parts []types.CompletedPart
+		wg    sync.WaitGroup
+	)
+	sem := make(chan struct{}, s.opts.Concurrency)
+	var off int64
+	for num := 1; off < size; num++ {
+		if num > maxParts {
+			cancel(fmt.Errorf("%s needs more than %d parts", srcURL, maxParts))
+			break
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-cctx.Done():
+		}
+		if cctx.Err() != nil {
+			break
+		}
+		end := min(off+s.partSize(num), size)
+		rng := fmt.Sprintf("bytes=%d-%d", off, end-1)
+		off = end
+		wg.Add(1)
+		go func(num int32) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out, err := s.client.UploadPartCopy(cctx, &s3.UploadPartCopyInput{Bucket: &s.opts.Bucket, Key: &name,
+				UploadId: uploadID, PartNumber: aws.Int32(num), CopySource: &source, CopySourceRange: &rng,
+				CopySourceIfMatch: etag})
+			if err != nil {
+				cancel(fmt.Errorf("server-side copy of part %d (%s) of %s: %w", num, rng, srcURL, err))
+				return
+			}
+			r := out.CopyPartResult
+			if r == nil || r.ETag == nil {
+				cancel(fmt.Errorf("server-side copy of part %d of %s: the server returned no ETag", num, srcURL))
+				return
+			}
+			mu.Lock()
+			parts = append(parts, types.CompletedPart{ETag: r.ETag, PartNumber: aws.Int32(num),
+				ChecksumCRC32: r.ChecksumCRC32, ChecksumCRC32C: r.ChecksumCRC32C, ChecksumCRC64NVME: r.ChecksumCRC64NVME,
+				ChecksumSHA1: r.ChecksumSHA1, ChecksumSHA256: r.ChecksumSHA256})
+			mu.Unlock()
+		}(int32(num))
+	}
+	wg.Wait()
+	if cause := context.Cause(cctx); cause != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return cause
+	}
+	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
+	if _, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
+		Key: &name, UploadId: uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}); err != nil {
+		return fmt.Errorf("complete server-side copy to %s: %w", s.URL(name), err)
+	}
+	return nil
+}
+
+// abortUpload aborts a multipart upload even when ctx is already cancelled.
+func (s *S3Store) abortUpload(ctx context.Context, name string, uploadID *string) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if _, aerr := s.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
+		Bucket: &s.opts.Bucket, Key: &name, UploadId: uploadID}); aerr != nil {
+		slog.Warn("could not abort the incomplete upload; the bucket's lifecycle rule or `vcsnap snapshot prune` removes it",
+			"object", s.URL(name), "error", aerr)
+	}
+}
+
+// copySource is the x-amz-copy-source value: bucket/key with the key URL-encoded.
+func copySource(bucket, key string) string {
+	segs := strings.Split(key, "/")
+	for i, seg := range segs {
+		segs[i] = url.PathEscape(seg)
+	}
+	return bucket + "/" + strings.Join(segs, "/")
+}
