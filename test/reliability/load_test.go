@@ -42,23 +42,26 @@ func TestConsistencyUnderLoad(t *testing.T) {
 	src := "etcd://" + hostPort(v.Etcd.Endpoint)
 	var minRate float64 = 1e9
 	var keysTotal int
-	for run := range runs {
+	// A run whose writers fall short of 200 objects/s (a machine busy with other work) is
+	// repeated, up to 3 times in all per run; the rate is measured, never assumed.
+	short := 0
+	for run, attempt := 0, 0; run < runs; attempt++ {
 		var writes atomic.Int64
 		var failures atomic.Int64
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		for w := range 12 {
+		for w := range 16 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := rand.New(rand.NewSource(seed()*31 + int64(run*100+w)))
+				r := rand.New(rand.NewSource(seed()*31 + int64(attempt*100+w)))
 				for i := 0; ; i++ {
 					select {
 					case <-stop:
 						return
 					default:
 					}
-					name := fmt.Sprintf("r%d-w%02d-%05d", run, w, i)
+					name := fmt.Sprintf("r%d-w%02d-%05d", attempt, w, i)
 					var err error
 					switch k := r.Intn(10); {
 					case k < 7 || i < 10:
@@ -66,11 +69,11 @@ func TestConsistencyUnderLoad(t *testing.T) {
 							Data: map[string]string{"payload": pseudoRandom(r.Int63(), 200+r.Intn(800))}}
 						_, err = cs.CoreV1().ConfigMaps("load").Create(ctx, cm, metav1.CreateOptions{})
 					case k < 9:
-						old := fmt.Sprintf("r%d-w%02d-%05d", run, w, r.Intn(i))
+						old := fmt.Sprintf("r%d-w%02d-%05d", attempt, w, r.Intn(i))
 						patch := fmt.Sprintf(`{"data":{"payload":%q}}`, pseudoRandom(r.Int63(), 300))
 						_, err = cs.CoreV1().ConfigMaps("load").Patch(ctx, old, "application/merge-patch+json", []byte(patch), metav1.PatchOptions{})
 					default:
-						err = cs.CoreV1().ConfigMaps("load").Delete(ctx, fmt.Sprintf("r%d-w%02d-%05d", run, w, r.Intn(i)), metav1.DeleteOptions{})
+						err = cs.CoreV1().ConfigMaps("load").Delete(ctx, fmt.Sprintf("r%d-w%02d-%05d", attempt, w, r.Intn(i)), metav1.DeleteOptions{})
 					}
 					if err == nil {
 						writes.Add(1)
@@ -91,17 +94,22 @@ func TestConsistencyUnderLoad(t *testing.T) {
 		close(stop)
 		wg.Wait()
 		rate := float64(w1-w0) / dt.Seconds()
-		minRate = min(minRate, rate)
 		var cr snapshot.CreateResult
 		if err := json.Unmarshal([]byte(res.Stdout), &cr); err != nil {
 			t.Fatalf("create output: %v\n%s", err, res)
 		}
 		rev := cr.Manifest.Revision
-		t.Logf("run %d: %d writes through the apiserver during the %v snapshot (%.0f objects/s, %d refused), bundle revision %d, %d keys",
-			run, w1-w0, dt.Round(time.Millisecond), rate, failures.Load(), rev, cr.Manifest.Keys)
+		t.Logf("run %d (attempt %d): %d writes through the apiserver during the %v snapshot (%.0f objects/s, %d refused), bundle revision %d, %d keys",
+			run, attempt, w1-w0, dt.Round(time.Millisecond), rate, failures.Load(), rev, cr.Manifest.Keys)
 		if rate < 200 {
-			t.Fatalf("run %d: only %.0f objects/s were written during the snapshot; the suite needs at least 200 (machine too busy?)", run, rate)
+			short++
+			if short >= 3*runs || attempt-run >= 2 {
+				t.Fatalf("run %d: only %.0f objects/s were written during the snapshot, 3 times; the suite needs at least 200 (machine too busy?)", run, rate)
+			}
+			t.Logf("run %d: only %.0f objects/s during the snapshot; taking it again", run, rate)
+			continue
 		}
+		minRate = min(minRate, rate)
 
 		pinned := etcdState(t, ec, rev)
 		now := etcdState(t, ec, 0)
@@ -117,7 +125,8 @@ func TestConsistencyUnderLoad(t *testing.T) {
 		target.Stop()
 		keysTotal += len(pinned)
 		t.Logf("run %d: restored %d keys equal to the source at revision %d; the source had moved on since (%s)", run, len(pinned), rev, pinned.diff(now))
+		run++
 	}
-	report(t, "Consistency under load (etcd behind a real kube-apiserver, 12 writers)", runs,
-		fmt.Sprintf("at least %.0f objects/s written during each snapshot; restored state equal to the revision-pinned source read, exactly (%d keys compared)", minRate, keysTotal))
+	report(t, "Consistency under load (etcd behind a real kube-apiserver, 16 writers)", runs,
+		fmt.Sprintf("at least %.0f objects/s written during each snapshot (%d slower runs repeated); restored state equal to the revision-pinned source read, exactly (%d keys compared)", minRate, short, keysTotal))
 }
