@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -88,6 +89,10 @@ func storeEnv() map[string]string {
 func checkEngineStore(store string) error {
 	if strings.HasPrefix(store, "file://") {
 		return usageError{fmt.Errorf("%s is a path on this machine, but vcsnap's engine runs in a Job on the host cluster: use an s3:// store (or --datastore from inside the cluster)", store)}
+	}
+	// The Job gets this shell's AWS_* keys (storeEnv), not its shared config files.
+	if u, err := url.Parse(store); err == nil && u.Query().Has("profile") {
+		return usageError{errors.New("the store URL names an AWS profile, but vcsnap's engine runs in a Job on the host cluster without this machine's AWS config: drop profile= and export that profile's keys as AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), which the Job receives")}
 	}
 	return nil
 }

@@ -261,7 +261,25 @@ func (a *app) printManifest(url string, size int64, m *bundle.Manifest) {
 	row("Encrypted", enc)
 	row("Partial", m.Partial)
 	row("Written by", m.Tool)
+	if m.Source.HostServiceCIDR != "" {
+		row("Host service CIDR", m.Source.HostServiceCIDR)
+	}
+	for _, v := range m.Volumes {
+		row("Volume", volumeLine(v))
+	}
 	tw.Flush()
+}
+
+// volumeLine says where a volume's snapshot is, for describe and copy.
+func volumeLine(v bundle.Volume) string {
+	if v.Error != "" {
+		return fmt.Sprintf("%s/%s: not captured (%s)", v.Namespace, v.PVC, v.Error)
+	}
+	where := ""
+	if v.Region != "" {
+		where = " in " + v.Region
+	}
+	return fmt.Sprintf("%s/%s: %s snapshot %s%s, %s", v.Namespace, v.PVC, v.Driver, v.SnapshotHandle, where, humanBytes(v.RestoreSize))
 }
 
 // keyFlags adds the flags that open encrypted bundles.
