@@ -412,3 +412,83 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// FinishOrphans handles engine Jobs of vc that an interrupted vcsnap left behind (the
+// CLI was killed while its Job ran): it waits until each has finished, so that nothing
+// resumes the control plane while an engine still writes its datastore, reads how it
+// ended, and deletes it with its pod and temporary Secret.
+func FinishOrphans(ctx context.Context, cs kubernetes.Interface, vc *VCluster) ([]JobResult, error) {
+	sel := EngineLabels(vc.Name)
+	jobs, err := cs.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labelsString(sel)})
+	if err != nil {
+		return nil, fmt.Errorf("list vcsnap's engine Jobs in %s: %w", vc.Namespace, err)
+	}
+	var out []JobResult
+	for _, j := range jobs.Items {
+		res := JobResult{Job: j.Name}
+		start := time.Now()
+		logged := false
+		err := wait.PollUntilContextCancel(ctx, pollInterval, true, func(ctx context.Context) (bool, error) {
+			cur, err := cs.BatchV1().Jobs(vc.Namespace).Get(ctx, j.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return true, nil
+			}
+			if err != nil {
+				return false, nil
+			}
+			for _, c := range cur.Status.Conditions {
+				if c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) {
+					res.Succeeded = c.Type == batchv1.JobComplete
+					return true, nil
+				}
+			}
+			if !logged {
+				slog.Info("an engine Job of an interrupted vcsnap run is still running; waiting until it finishes", "job", vc.Namespace+"/"+j.Name)
+				logged = true
+			}
+			return false, nil
+		})
+		if err != nil {
+			return out, fmt.Errorf("wait for the engine Job %s/%s: %w", vc.Namespace, j.Name, err)
+		}
+		res.Duration = time.Since(start)
+		readPodLog(ctx, cs, vc.Namespace, "job-name="+j.Name, &res)
+		ej := &EngineJob{Job: &j}
+		if _, err := cs.CoreV1().Secrets(vc.Namespace).Get(ctx, j.Name+"-env", metav1.GetOptions{}); err == nil {
+			ej.Secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: j.Name + "-env", Namespace: vc.Namespace}}
+		}
+		deleteJob(ctx, cs, ej)
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func labelsString(m map[string]string) string {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+// ActiveEngineJobs names the engine Jobs of vc that are still running (another vcsnap
+// run, or one an interrupted run left).
+func ActiveEngineJobs(ctx context.Context, cs kubernetes.Interface, vc *VCluster) ([]string, error) {
+	jobs, err := cs.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labelsString(EngineLabels(vc.Name))})
+	if err != nil {
+		return nil, fmt.Errorf("list vcsnap's engine Jobs in %s: %w", vc.Namespace, err)
+	}
+	var active []string
+	for _, j := range jobs.Items {
+		done := false
+		for _, c := range j.Status.Conditions {
+			if c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) {
+				done = true
+			}
+		}
+		if !done {
+			active = append(active, j.Name)
+		}
+	}
+	return active, nil
+}

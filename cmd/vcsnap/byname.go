@@ -361,6 +361,12 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	p := &plan{a: a, dryRun: b.kf.dryRun}
 	p.step("%s", describeVCluster(vc))
+	if active, err := vcluster.ActiveEngineJobs(ctx, cs, vc); err != nil {
+		return err
+	} else if len(active) > 0 {
+		return fmt.Errorf("another vcsnap run on %s/%s is in progress (Job %s): wait for it, or after an interrupted run use: %s",
+			vc.Namespace, vc.Name, strings.Join(active, ", "), vcluster.ResumeCommand(vc.Namespace, vc.Name))
+	}
 
 	// 1. The bundle, verified before anything is touched.
 	var m *bundle.Manifest
@@ -506,8 +512,9 @@ func (a *app) resumeCommand() *cobra.Command {
 		Short: "Bring back a virtual cluster that an interrupted restore left paused",
 		Long: `A restore by name scales the virtual cluster's StatefulSet or Deployment to 0 and records
 its replicas in the annotation ` + vcluster.PausedReplicasAnnotation + `. If the restore is interrupted
-(the machine running vcsnap died), resume scales it back to the recorded replicas and waits
-until it is ready.`,
+(the machine running vcsnap died), resume first waits until an engine Job the interrupted run
+left is finished (it may still be writing the datastore) and removes it, then scales the
+virtual cluster back to the recorded replicas and waits until it is ready.`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), kf.timeout)
@@ -519,6 +526,18 @@ until it is ready.`,
 			vc, err := vcluster.Discover(ctx, cs, kf.namespace, args[0])
 			if err != nil {
 				return err
+			}
+			// An engine Job the interrupted run left may still be writing: let it finish.
+			orphans, err := vcluster.FinishOrphans(ctx, cs, vc)
+			if err != nil {
+				return err
+			}
+			for _, o := range orphans {
+				if o.Succeeded {
+					slog.Info("the interrupted run's engine Job had finished its work", "job", o.Job)
+				} else {
+					slog.Warn("the interrupted run's engine Job failed (a failed restore puts the previous keys back); its log ends with:\n"+o.LogTail(20), "job", o.Job)
+				}
 			}
 			if err := vcluster.Resume(ctx, cs, vc); err != nil {
 				return err
