@@ -40,3 +40,9 @@ type ChangeSource interface {
 type Reviser interface {
 	Revision(ctx context.Context) (int64, error)
 }
+
+// FollowChecker tells, before following, whether the revisions after `after` are still
+// held: an error wrapping ErrCompacted when they were compacted away.
+type FollowChecker interface {
+	CheckFollow(ctx context.Context, after int64) error
+}

@@ -63,6 +63,9 @@ func Copy(ctx context.Context, from, to string, o CopyOptions) (*CopyResult, err
 	if err != nil {
 		return nil, err
 	}
+	if storage.SameObject(src, dst) {
+		return nil, fmt.Errorf("%w: %s and %s name the same bundle; copy it to a new name, check the copy, then delete the old one", ErrExists, src.Store.URL(src.Name), dst.Store.URL(dst.Name))
+	}
 	if !o.Overwrite {
 		if _, err := dst.Store.Stat(ctx, dst.Name); err == nil {
 			return nil, fmt.Errorf("%w: %s (pass --overwrite to replace it)", ErrExists, dst.Store.URL(dst.Name))

@@ -1,6 +1,7 @@
 package snapshot_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -56,5 +57,20 @@ func TestCopyReportsDestinationFailure(t *testing.T) {
 	_, err := snapshot.Copy(ctx, "file://"+src+"/good", "file://"+blocked+"/copy", snapshot.CopyOptions{})
 	if err == nil || errors.Is(err, bundle.ErrCorrupt) {
 		t.Fatalf("copy to a failing destination: %v; want the destination's error, not ErrCorrupt", err)
+	}
+}
+
+// A copy onto itself would replace the only copy while reading it: refused.
+func TestCopyOntoItselfRefused(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	writeDated(t, filepath.Join(dir, "b"), time.Now())
+	before, _ := os.ReadFile(filepath.Join(dir, "b"))
+	_, err := snapshot.Copy(ctx, "file://"+dir+"/b", "file://"+dir+"/./b", snapshot.CopyOptions{Overwrite: true})
+	if !errors.Is(err, snapshot.ErrExists) {
+		t.Fatalf("copy onto itself: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "b")); !bytes.Equal(before, after) {
+		t.Fatal("the bundle changed")
 	}
 }

@@ -48,6 +48,11 @@ type CreateOptions struct {
 	Source bundle.Source
 	// Extra goes into the bundle's encrypted-when-configured meta record.
 	Extra map[string]string
+	// Volumes are CSI volume snapshots taken before the datastore read; they go into
+	// the manifest. Partial marks a bundle some of whose volumes failed (their
+	// Volume.Error says why).
+	Volumes []bundle.Volume
+	Partial bool
 	// Encrypt, when not empty, encrypts the bundle body for these recipients.
 	Encrypt encrypt.Recipients
 	// Tool names this program and version in the bundle.
@@ -190,7 +195,7 @@ func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o Cre
 		w.Abort()
 		return nil, err
 	}
-	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain})
+	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes)})
 	if err != nil {
 		return nil, err
 	}
@@ -198,4 +203,14 @@ func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o Cre
 		o.Progress(Progress{Phase: "snapshot", Keys: e.keys, TotalKeys: e.keys, Bytes: e.bytes})
 	}
 	return m, nil
+}
+
+// hasFailedVolume: a volume that carries an error was not captured, so the bundle is partial.
+func hasFailedVolume(vols []bundle.Volume) bool {
+	for _, v := range vols {
+		if v.Error != "" {
+			return true
+		}
+	}
+	return false
 }

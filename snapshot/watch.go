@@ -117,9 +117,13 @@ type watcher struct {
 
 	mu      sync.Mutex
 	pending []datastore.Change
-	bytes   int64
-	upTo    int64
-	full    chan struct{} // signalled when pending reaches DeltaMaxBytes
+	// history keeps the changes cut into deltas while a full bundle is being taken, for
+	// the bridge delta from it (see continueFrom).
+	history     []datastore.Change
+	keepHistory bool
+	bytes       int64
+	upTo        int64
+	full        chan struct{} // signalled when pending reaches DeltaMaxBytes
 }
 
 func (w *watcher) run(ctx context.Context) error {
@@ -164,51 +168,93 @@ func (w *watcher) resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list the chains under %s: %w", w.prefixURL, err)
 	}
+	// Continue the chain id whose full bundle is newest, from the furthest revision its
+	// deltas reach. A full bundle taken after that point (the watcher stopped between
+	// storing it and the delta that links it) is linked by the next delta, which ends
+	// exactly at its revision.
 	chains, _ := Chains(entries)
-	var newest *Chain
+	var id string
+	var lastFull time.Time
 	for _, c := range chains {
 		src := c.Full.Manifest.Source
 		if c.ID == "" || src.Datastore != w.o.Source.Datastore || src.VClusterName != w.o.Source.VClusterName ||
 			src.VClusterNamespace != w.o.Source.VClusterNamespace {
 			continue
 		}
-		if newest == nil || c.Full.Manifest.Created.After(newest.Full.Manifest.Created) {
-			newest = c
+		if c.Full.Manifest.Created.After(lastFull) {
+			id, lastFull = c.ID, c.Full.Manifest.Created
 		}
 	}
-	if newest == nil {
+	if id == "" {
 		slog.Info("no chain to continue under the prefix; starting one with a full bundle", "prefix", w.prefixURL)
 		return nil
 	}
+	var newest, islandChain *Chain
+	end, island := int64(-1), int64(-1)
+	for _, c := range chains {
+		if c.ID != id {
+			continue
+		}
+		if c.FromRevision > island {
+			island, islandChain = c.FromRevision, c
+		}
+		if len(c.Deltas) > 0 && c.ToRevision > end {
+			end, newest = c.ToRevision, c
+		}
+	}
+	if newest == nil { // only full bundles so far: go on from the newest
+		end, newest = island, islandChain
+	}
 	if newest.Gap != nil {
-		slog.Warn("the newest chain has a gap after its last delta; starting a new chain", "chain", newest.ID, "gap", newest.Gap.String())
-		return nil
+		slog.Warn("the chain has a gap after the last delta a full bundle reaches; continuing from there (the watch fills it if the datastore still holds those revisions)",
+			"chain", newest.ID, "gap", newest.Gap.String())
+	}
+	from, boundary := end, int64(0)
+	switch {
+	case island > end:
+		boundary = island // the next delta ends at the newest full bundle's revision
+	case island < end && len(islandChain.Deltas) == 0:
+		// The newest full bundle was stored but deltas went past it before the bridge
+		// delta from it was: read again from its revision, so a delta starts there.
+		if fc, ok := w.follow.(datastore.FollowChecker); !ok || fc.CheckFollow(ctx, island) == nil {
+			from = island
+		}
 	}
 	if r, ok := w.follow.(datastore.Reviser); ok {
 		cur, err := r.Revision(ctx)
 		if err != nil {
 			return err
 		}
-		if cur < newest.ToRevision {
+		if cur < from {
 			slog.Warn("the datastore's revision is below the newest chain's last revision (a different or replaced datastore); starting a new chain",
-				"chain", newest.ID, "chainRevision", newest.ToRevision, "datastoreRevision", cur)
+				"chain", newest.ID, "chainRevision", from, "datastoreRevision", cur)
 			return nil
 		}
 	}
-	w.chain, w.lastCut, w.upTo, w.lastFull = newest.ID, newest.ToRevision, newest.ToRevision, newest.Full.Manifest.Created
+	if fc, ok := w.follow.(datastore.FollowChecker); ok {
+		if err := fc.CheckFollow(ctx, from); errors.Is(err, datastore.ErrCompacted) {
+			slog.Warn("the datastore compacted revisions after the newest chain's last bundle (the watcher was down too long); starting a new chain with a full bundle",
+				"chain", newest.ID, "chainRevision", from, "error", err)
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+	w.chain, w.lastCut, w.upTo, w.lastFull, w.boundary = id, from, from, lastFull, boundary
 	slog.Info("continuing the newest chain", "chain", w.chain, "full", newest.Full.Name, "deltas", len(newest.Deltas),
-		"fromRevision", w.lastCut)
+		"fromRevision", w.lastCut, "linkFullAt", w.boundary)
 	return nil
 }
 
 // newChain takes a full bundle that starts a new chain.
 func (w *watcher) newChain(ctx context.Context) error {
 	w.chain = NewChainID()
-	m, err := w.takeFull(ctx, "new chain")
+	m, err := w.takeFull(ctx, w.name(bundle.KindFull), "new chain")
 	if err != nil {
 		w.chain = ""
 		return err
 	}
+	w.lastFull = m.Created
 	w.mu.Lock()
 	w.pending, w.bytes, w.upTo = nil, 0, m.Revision
 	w.mu.Unlock()
@@ -216,14 +262,12 @@ func (w *watcher) newChain(ctx context.Context) error {
 	return nil
 }
 
-func (w *watcher) takeFull(ctx context.Context, reason string) (*bundle.Manifest, error) {
-	name := w.name(bundle.KindFull)
+func (w *watcher) takeFull(ctx context.Context, name, reason string) (*bundle.Manifest, error) {
 	o := CreateOptions{Source: w.o.Source, Tool: w.o.Tool, Chain: w.chain}
 	m, err := createOnce(ctx, w.fullSrc, storage.Location{Store: w.store, Name: name}, o, w.wopts)
 	if err != nil {
 		return nil, fmt.Errorf("full bundle %s: %w", w.store.URL(name), err)
 	}
-	w.lastFull = m.Created
 	slog.Info("stored a full bundle", "bundle", w.store.URL(name), "chain", w.chain, "revision", m.Revision, "keys", m.Keys, "reason", reason)
 	if w.o.OnBundle != nil {
 		w.o.OnBundle(WatchEvent{URL: w.store.URL(name), Manifest: m, Reason: reason})
@@ -284,33 +328,60 @@ func (w *watcher) followChain(ctx context.Context) error {
 			slog.Error("could not store the last changes", "error", err)
 		}
 	}
+	// A scheduled full bundle is taken beside the deltas, so they keep coming while it
+	// is read and stored.
+	type fullResult struct {
+		m   *bundle.Manifest
+		err error
+	}
+	var fullDone chan fullResult
+	waitFull := func() {
+		if fullDone != nil {
+			<-fullDone
+			fullDone = nil
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			cancel()
 			<-ferr
+			waitFull()
 			final()
 			return ctx.Err()
 		case err := <-ferr:
+			cancel()
+			waitFull()
 			final()
 			return err
 		case <-tick.C:
 		case <-w.full:
 		case <-fullDue.C:
-			if err := w.cut(ctx, "before a full bundle"); err != nil {
-				return err
-			}
-			m, err := w.takeFull(ctx, "every "+w.o.FullEvery.String())
-			if err != nil {
+			fullDone = make(chan fullResult, 1)
+			name := w.name(bundle.KindFull)
+			w.mu.Lock()
+			w.history, w.keepHistory = nil, true
+			w.mu.Unlock()
+			go func(done chan<- fullResult) {
+				m, err := w.takeFull(fctx, name, "every "+w.o.FullEvery.String())
+				done <- fullResult{m, err}
+			}(fullDone)
+		case r := <-fullDone:
+			fullDone = nil
+			if r.err != nil {
 				if ctx.Err() != nil {
 					continue
 				}
-				slog.Error("the scheduled full bundle failed; deltas go on, retrying in a minute", "error", err)
+				slog.Error("the scheduled full bundle failed; deltas go on, retrying in a minute", "error", r.err)
+				w.stopHistory()
 				fullDue.Reset(time.Minute)
 				continue
 			}
-			w.boundary = m.Revision
+			w.lastFull = r.m.Created
 			fullDue.Reset(w.o.FullEvery)
+			if err := w.continueFrom(ctx, r.m.Revision); err != nil {
+				slog.Error("could not link the full bundle into the chain; the deltas before it still restore every point", "error", err)
+			}
 		}
 		if err := w.cut(ctx, ""); err != nil {
 			if ctx.Err() != nil {
@@ -319,6 +390,37 @@ func (w *watcher) followChain(ctx context.Context) error {
 			slog.Error("could not store a delta; keeping its changes and retrying", "error", err)
 		}
 	}
+}
+
+func (w *watcher) stopHistory() {
+	w.mu.Lock()
+	w.history, w.keepHistory = nil, false
+	w.mu.Unlock()
+}
+
+// continueFrom makes the chain go on from a full bundle taken at rev: a delta must start
+// exactly there. When deltas were cut past rev while the full bundle was being taken, a
+// bridge delta holds the changes after rev up to the last cut; otherwise the next delta
+// ends at rev.
+func (w *watcher) continueFrom(ctx context.Context, rev int64) error {
+	defer w.stopHistory()
+	if rev > w.lastCut {
+		w.boundary = rev
+		return nil
+	}
+	if rev == w.lastCut {
+		return nil
+	}
+	w.mu.Lock()
+	var bridge []datastore.Change
+	for _, c := range w.history {
+		if c.KV.ModRevision > rev {
+			bridge = append(bridge, c)
+		}
+	}
+	w.mu.Unlock()
+	_, err := w.storeDelta(ctx, rev, w.lastCut, bridge, "bridge from the full bundle")
+	return err
 }
 
 // cut stores the pending changes as a delta bundle, up to the newest revision the
@@ -345,14 +447,32 @@ func (w *watcher) cut(ctx context.Context, why string) error {
 	batch := w.pending[:n:n]
 	w.mu.Unlock()
 
+	if _, err := w.storeDelta(ctx, w.lastCut, upTo, batch, why); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.pending = w.pending[n:]
+	for _, c := range batch {
+		w.bytes -= int64(len(c.KV.Key) + len(c.KV.Value))
+	}
+	if w.keepHistory {
+		w.history = append(w.history, batch...)
+	}
+	w.mu.Unlock()
+	w.lastCut = upTo
+	return nil
+}
+
+// storeDelta writes the changes (base, rev] as a delta bundle of the chain.
+func (w *watcher) storeDelta(ctx context.Context, base, rev int64, batch []datastore.Change, why string) (*bundle.Manifest, error) {
 	var buf bytes.Buffer
 	bw, err := bundle.NewWriter(&buf, bundle.WriterOptions{Kind: bundle.KindDelta, Tool: w.wopts.Tool,
 		Encrypt: w.wopts.Encrypt, Encryption: w.wopts.Encryption})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := bw.WriteMeta(&bundle.Meta{Source: w.o.Source}); err != nil {
-		return err
+		return nil, err
 	}
 	leases := map[int64]bool{}
 	for i := range batch {
@@ -362,35 +482,28 @@ func (w *watcher) cut(ctx context.Context, why string) error {
 		} else {
 			if id := c.KV.Lease; id != 0 && !leases[id] {
 				if err := bw.WriteLease(c.Lease); err != nil {
-					return err
+					return nil, err
 				}
 				leases[id] = true
 			}
 			err = bw.WritePut(&c.KV)
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	m, err := bw.Close(bundle.Manifest{Revision: upTo, BaseRevision: w.lastCut, Source: w.o.Source, Chain: w.chain})
+	m, err := bw.Close(bundle.Manifest{Revision: rev, BaseRevision: base, Source: w.o.Source, Chain: w.chain})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	name := w.name(bundle.KindDelta)
 	if err := w.store.Put(ctx, name, &buf); err != nil {
-		return fmt.Errorf("store delta %s: %w", w.store.URL(name), err)
+		return nil, fmt.Errorf("store delta %s: %w", w.store.URL(name), err)
 	}
-	w.mu.Lock()
-	w.pending = w.pending[n:]
-	for _, c := range batch {
-		w.bytes -= int64(len(c.KV.Key) + len(c.KV.Value))
-	}
-	w.mu.Unlock()
-	w.lastCut = upTo
 	slog.Debug("stored a delta", "bundle", w.store.URL(name), "chain", w.chain, "baseRevision", m.BaseRevision,
-		"revision", m.Revision, "puts", m.Keys, "deletes", m.Deletes)
+		"revision", m.Revision, "puts", m.Keys, "deletes", m.Deletes, "why", why)
 	if w.o.OnBundle != nil {
 		w.o.OnBundle(WatchEvent{URL: w.store.URL(name), Manifest: m, Reason: why})
 	}
-	return nil
+	return m, nil
 }

@@ -126,3 +126,21 @@ func parseURL(raw string) (parsedURL, error) {
 		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
 	}
 }
+
+// SameObject reports whether two locations name one object: a copy onto itself would
+// replace the only copy while reading it.
+func SameObject(a Location, b Location) bool {
+	switch as := a.Store.(type) {
+	case *FileStore:
+		bs, ok := b.Store.(*FileStore)
+		return ok && as.URL(a.Name) == bs.URL(b.Name)
+	case *S3Store:
+		bs, ok := b.Store.(*S3Store)
+		if !ok {
+			return false
+		}
+		_, same := as.sameEndpoint(bs)
+		return same && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
+	}
+	return false
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
@@ -30,6 +31,9 @@ const (
 	TagPVC            = "vcsnap.io/pvc"
 	TagBundle         = "vcsnap.io/bundle"
 )
+
+// notFoundGrace is how long a copy just started may be unknown to DescribeSnapshots.
+const notFoundGrace = 2 * time.Minute
 
 // EBSOptions configure EBS snapshot copies.
 type EBSOptions struct {
@@ -179,8 +183,18 @@ func (c *EBSCopier) wait(ctx context.Context, pending map[string]string) error {
 	}
 	sort.Strings(ids)
 	progress := map[string]string{}
+	// EC2's API is eventually consistent: a copy just started may be unknown for a while.
+	unknownUntil := time.Now().Add(min(notFoundGrace, c.o.Timeout))
 	for {
 		res, err := c.client.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
+		var apiErr smithy.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode() == "InvalidSnapshot.NotFound" && time.Now().Before(unknownUntil) {
+			slog.Debug("snapshot copies not visible yet", "copies", strings.Join(ids, ","), "error", err)
+			res, err = &ec2.DescribeSnapshotsOutput{}, nil
+			for _, id := range ids {
+				res.Snapshots = append(res.Snapshots, types.Snapshot{SnapshotId: aws.String(id), State: types.SnapshotStatePending, Progress: aws.String("not visible yet")})
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("check the snapshot copies %s in %s: %w", strings.Join(ids, ", "), c.o.TargetRegion, ec2Hint(err))
 		}

@@ -60,7 +60,7 @@ func TestEBSCopyWaitsForCompletionAndTags(t *testing.T) {
 	logs := captureLogs(t)
 	ec2 := ec2standin.Start(t)
 	ec2.SetPlan("snap-0aaa", ec2standin.Plan{PendingPolls: 3})
-	ec2.SetPlan("snap-0bbb", ec2standin.Plan{PendingPolls: 1})
+	ec2.SetPlan("snap-0bbb", ec2standin.Plan{PendingPolls: 1, InvisiblePolls: 2}) // EC2 is eventually consistent
 	vols := []bundle.Volume{ebsVolume("data-0", "snap-0aaa"), ebsVolume("data-1", "snap-0bbb"), {Namespace: "vc-a", PVC: "broken", Driver: EBSDriver, Error: "snapshot failed"}}
 	out, err := Rewrite(context.Background(), vols, Options{EBS: newCopier(t, ec2, time.Minute)})
 	if err != nil {
@@ -130,6 +130,12 @@ func TestEBSCopyTimeout(t *testing.T) {
 	_, err := Rewrite(context.Background(), []bundle.Volume{ebsVolume("data-0", "snap-0aaa")}, Options{EBS: newCopier(t, ec2, 50*time.Millisecond)})
 	if err == nil || !strings.Contains(err.Error(), "still pending") || !strings.Contains(err.Error(), ec2.Copies()[0].ID) {
 		t.Fatalf("timeout: %v", err)
+	}
+	// A copy EC2 keeps denying knowing fails once the grace is over.
+	ec2.SetPlan("snap-0ddd", ec2standin.Plan{InvisiblePolls: 1 << 30})
+	_, err = Rewrite(context.Background(), []bundle.Volume{ebsVolume("data-1", "snap-0ddd")}, Options{EBS: newCopier(t, ec2, 50*time.Millisecond)})
+	if err == nil || !strings.Contains(err.Error(), "InvalidSnapshot.NotFound") {
+		t.Fatalf("a copy never visible: %v", err)
 	}
 	// Cancellation stops the wait too, naming the copies left running.
 	ctx, cancel := context.WithCancel(context.Background())

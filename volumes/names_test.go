@@ -4,6 +4,10 @@ import (
 	"strings"
 	"testing"
 
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v6/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
@@ -53,5 +57,43 @@ func TestObjectName(t *testing.T) {
 	}
 	if objectName("p-", "short") != "p-short" {
 		t.Fatal("short names stay")
+	}
+}
+
+func TestPickClass(t *testing.T) {
+	def := map[string]string{annotationDefaultClass: "true"}
+	classes := []snapv1.VolumeSnapshotClass{
+		{ObjectMeta: metav1.ObjectMeta{Name: "a-default", Annotations: def}, Driver: "a"},
+		{ObjectMeta: metav1.ObjectMeta{Name: "a-fast"}, Driver: "a"},
+		{ObjectMeta: metav1.ObjectMeta{Name: "b-1", Annotations: def}, Driver: "b"},
+		{ObjectMeta: metav1.ObjectMeta{Name: "b-2", Annotations: def}, Driver: "b"},
+	}
+	pvc := func(ann, lbl map[string]string) *corev1.PersistentVolumeClaim {
+		return &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", Annotations: ann, Labels: lbl}}
+	}
+	for _, c := range []struct {
+		p       *corev1.PersistentVolumeClaim
+		driver  string
+		want    string
+		wantErr string
+	}{
+		{pvc(nil, nil), "a", "a-default", ""},
+		{pvc(map[string]string{AnnotationSnapshotClass: "a-fast"}, nil), "a", "a-fast", ""},
+		{pvc(nil, map[string]string{AnnotationSnapshotClass: "a-fast"}), "a", "a-fast", ""},
+		{pvc(map[string]string{AnnotationSnapshotClass: "b-1"}, nil), "a", "", "which is for driver b"},
+		{pvc(map[string]string{AnnotationSnapshotClass: "nope"}, nil), "a", "", "does not exist"},
+		{pvc(nil, nil), "b", "", "2 default VolumeSnapshotClasses (b-1, b-2)"},
+		{pvc(nil, nil), "c", "", "no default VolumeSnapshotClass for CSI driver c"},
+	} {
+		got, err := pickClass(c.p, c.driver, classes)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("driver %s %v: want error %q, got %q, %v", c.driver, c.p.Annotations, c.wantErr, got, err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("driver %s %v: got %q, %v; want %q", c.driver, c.p.Annotations, got, err, c.want)
+		}
 	}
 }

@@ -55,7 +55,8 @@ type item struct {
 // snapshots outlive the call (deletionPolicy Retain); no VolumeSnapshot or
 // VolumeSnapshotContent is left behind. Without AllowPartial, any failed volume
 // fails the call and the snapshots already taken are deleted again. A namespace
-// without volumes gives an empty list.
+// without volumes gives an empty list. A dry run returns the records it would
+// fill, without handles: never write those into a bundle.
 func Snapshot(ctx context.Context, c Clients, namespace, vclusterName string, o Options) ([]bundle.Volume, error) {
 	if namespace == "" || vclusterName == "" {
 		return nil, errors.New("volume snapshot needs the host namespace and the virtual cluster's name")

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -40,15 +41,51 @@ func (a *app) snapshotCommand() *cobra.Command {
 func (a *app) createCommand() *cobra.Command {
 	var o snapshot.CreateOptions
 	var rep reportFlags
+	var byName byNameCreate
+	var valuesFile, volumesFile string
 	cmd := &cobra.Command{
-		Use:   "create --datastore URL STORE_URL",
-		Short: "Snapshot a datastore into a new bundle",
-		Example: `  vcsnap snapshot create --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
+		Use:   "create (NAME -n NAMESPACE | --datastore URL) STORE_URL",
+		Short: "Snapshot a virtual cluster, or a datastore, into a new bundle",
+		Long: `With NAME, vcsnap finds the virtual cluster NAME in the host namespace (its StatefulSet or
+Deployment and its config Secret vc-config-NAME), decides where its datastore is, and runs its
+engine in a Job beside it (vcsnap's image, mounting the control plane's data volume). The
+bundle records the vcluster values (inside the body: encrypt it), versions and host facts.
+Object store credentials reach the Job through a temporary Secret. With --datastore, vcsnap
+reads that datastore itself.`,
+		Example: `  vcsnap snapshot create vc1 -n team-a s3://backups/vc1/nightly?region=eu-west-1
+  vcsnap snapshot create vc1 -n team-a --dry-run s3://backups/vc1/nightly
+  vcsnap snapshot create --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
   vcsnap snapshot create --datastore unix:///data/kine.sock s3://backups/vc1/nightly?region=eu-west-1`,
-		Args: exactArgs("STORE_URL"),
+		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 {
+				if o.Datastore != "" {
+					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
+				}
+				return a.createByName(cmd.Context(), &byName, o, args[0], expandTime(args[1], time.Now()))
+			}
+			if byName.kf.dryRun {
+				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
+			}
 			if o.Datastore == "" {
-				return usageError{fmt.Errorf("--datastore is required (etcd://host:port, etcds://host:port?cacert=..., unix:///path/kine.sock)")}
+				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore (etcd://host:port, etcds://host:port?cacert=..., unix:///path/kine.sock, sqlite:///data/state.db)")}
+			}
+			if valuesFile != "" {
+				b, err := os.ReadFile(valuesFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--vcluster-values-file: %w", err)}
+				}
+				if o.Extra == nil {
+					o.Extra = map[string]string{}
+				}
+				o.Extra[ExtraVClusterValues] = string(b)
+			}
+			if volumesFile != "" {
+				vols, err := readVolumesFile(volumesFile)
+				if err != nil {
+					return usageError{err}
+				}
+				o.Volumes = vols
 			}
 			start := time.Now()
 			o.Store, o.Tool = expandTime(args[0], start), a.tool()
@@ -78,6 +115,13 @@ func (a *app) createCommand() *cobra.Command {
 	f.StringVar(&o.Source.VClusterName, "vcluster-name", "", "virtual cluster name to record in the bundle")
 	f.StringVar(&o.Source.VClusterNamespace, "vcluster-namespace", "", "virtual cluster host namespace to record in the bundle")
 	f.StringVar(&o.Source.KubernetesVersion, "kubernetes-version", "", "virtual cluster Kubernetes version to record in the bundle")
+	f.StringVar(&o.Source.VClusterVersion, "vcluster-version", "", "vcluster version to record in the bundle")
+	f.StringVar(&o.Source.HostServiceCIDR, "host-service-cidr", "", "the host cluster's service CIDR to record in the bundle")
+	f.StringVar(&o.Source.ServiceCIDR, "service-cidr", "", "the virtual cluster's service CIDR to record in the bundle")
+	f.StringVar(&valuesFile, "vcluster-values-file", "", "vcluster values (config.yaml) to keep inside the bundle's (encrypted) body")
+	f.StringVar(&volumesFile, "volumes-file", "", "JSON list of CSI volume snapshot records to write into the manifest")
+	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
+	byName.kf.add(f, true)
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -217,7 +261,25 @@ func (a *app) printManifest(url string, size int64, m *bundle.Manifest) {
 	row("Encrypted", enc)
 	row("Partial", m.Partial)
 	row("Written by", m.Tool)
+	if m.Source.HostServiceCIDR != "" {
+		row("Host service CIDR", m.Source.HostServiceCIDR)
+	}
+	for _, v := range m.Volumes {
+		row("Volume", volumeLine(v))
+	}
 	tw.Flush()
+}
+
+// volumeLine says where a volume's snapshot is, for describe and copy.
+func volumeLine(v bundle.Volume) string {
+	if v.Error != "" {
+		return fmt.Sprintf("%s/%s: not captured (%s)", v.Namespace, v.PVC, v.Error)
+	}
+	where := ""
+	if v.Region != "" {
+		where = " in " + v.Region
+	}
+	return fmt.Sprintf("%s/%s: %s snapshot %s%s, %s", v.Namespace, v.PVC, v.Driver, v.SnapshotHandle, where, humanBytes(v.RestoreSize))
 }
 
 // keyFlags adds the flags that open encrypted bundles.
@@ -266,24 +328,70 @@ func (a *app) deleteCommand() *cobra.Command {
 func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
 	var noSafety bool
+	var byName byNameRestore
 	var toTime string
 	var tf translateFlags
+	var tg targetFlags
 	cmd := &cobra.Command{
-		Use:   "restore --datastore URL STORE_URL",
-		Short: "Restore a bundle into a datastore",
+		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
+		Short: "Restore a bundle into a virtual cluster or a datastore",
 		Long: `Restore verifies the whole bundle before touching the target, then writes it, raises the
 target's revision above both the snapshot's and the target's previous revision, and compacts,
-so clients holding old resourceVersions re-list instead of missing events. Stop the virtual
-control plane first. A failed restore empties the target again.`,
-		Example: `  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
+so clients holding old resourceVersions re-list instead of missing events. A failed restore
+puts the target's previous keys back.
+
+With NAME, vcsnap finds the virtual cluster NAME in the host namespace, verifies the bundle,
+pauses the control plane (scales it to 0, recording its replicas in the annotation
+` + "vcsnap.io/paused-replicas" + `), restores its datastore through a Job beside it (the target's keys
+are first saved as <bundle>.pre-restore-<time>), resumes it and waits until it is ready. A
+failed restore resumes the old state. If vcsnap itself is interrupted, bring the virtual
+cluster back with: vcsnap resume NAME -n NAMESPACE.
+
+With --datastore, stop the virtual control plane first.`,
+		Example: `  vcsnap restore vc1 -n team-a s3://backups/vc1/nightly-20261121T020000Z?region=eu-west-1
+  vcsnap restore vc1 -n team-a --dry-run s3://backups/vc1/nightly-20261121T020000Z
+  vcsnap restore vc1 -n team-a --target-kubeconfig eu-west.kubeconfig --target-namespace team-b \
+    --target-name vc2 s3://backups/vc1/nightly-20261121T020000Z
+  vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
   vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
     --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21
   vcsnap restore --datastore sqlite:///data/state.db --to-time 2026-11-21T10:42:00Z s3://backups/vc1/pitr/
   vcsnap restore --datastore etcd://127.0.0.1:2379 --to-revision 48211 file:///backups/vc1/`,
-		Args: exactArgs("STORE_URL"),
+		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 {
+				if o.Datastore != "" {
+					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
+				}
+				name, err := retarget(&byName, &tg, &tf, args[0])
+				if err != nil {
+					return err
+				}
+				if byName.target == nil { // else the target's translation is worked out once it is found
+					byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				}
+				// A point in time: the engine reads the chains under the prefix.
+				if toTime != "" {
+					byName.EngineArgs = append(byName.EngineArgs, "--to-time", toTime)
+					byName.pointInTime = true
+				}
+				if o.To.Revision > 0 {
+					byName.EngineArgs = append(byName.EngineArgs, "--to-revision", fmt.Sprint(o.To.Revision))
+					byName.pointInTime = true
+				}
+				if o.UpToLastGood {
+					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
+				}
+				return a.restoreByName(cmd.Context(), &byName, o, noSafety, name, args[1])
+			}
+			if tg.set() {
+				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
+			}
+			if byName.kf.dryRun {
+				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
+			}
 			if o.Datastore == "" {
-				return usageError{fmt.Errorf("--datastore is required")}
+				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore")}
 			}
 			if toTime != "" {
 				t, err := time.Parse(time.RFC3339, toTime)
@@ -362,7 +470,9 @@ control plane first. A failed restore empties the target again.`,
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
+	byName.kf.add(f, true)
 	addTranslateFlags(f, &tf)
+	addTargetFlags(f, &tg)
 	return cmd
 }
 
@@ -395,4 +505,18 @@ func safetyBackupURL(store string, now time.Time) string {
 		u += "?" + query
 	}
 	return u
+}
+
+// ExtraVClusterValues is the meta record's key for the vcluster values (config.yaml):
+// inside the body, which is encrypted when the bundle is.
+const ExtraVClusterValues = "vclusterValues"
+
+// rangeArgs accepts between min and max arguments, with a usage error naming them.
+func rangeArgs(names string, min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < min || len(args) > max {
+			return usageError{fmt.Errorf("%s needs %s, got %d argument(s)", cmd.CommandPath(), names, len(args))}
+		}
+		return nil
+	}
 }

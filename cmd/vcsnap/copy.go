@@ -81,7 +81,7 @@ bundle's body is copied verbatim and verified, and a new manifest and trailer ar
 					res.From, res.To, how, humanBytes(res.Bytes), res.Manifest.Keys, res.Manifest.Revision, res.Duration.Round(time.Millisecond))
 				if res.VolumesRewritten {
 					for _, v := range res.Manifest.Volumes {
-						fmt.Fprintf(a.stdout, "  volume %s/%s: snapshot %s %s\n", v.Namespace, v.PVC, v.SnapshotHandle, v.Region)
+						fmt.Fprintf(a.stdout, "  volume %s\n", volumeLine(v))
 					}
 				}
 			})

@@ -8,6 +8,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/storage"
+	"github.com/vcsnap/vcsnap/vcluster"
 	"github.com/vcsnap/vcsnap/volumes"
 )
 
@@ -17,7 +18,7 @@ const (
 	exitFailure     = 1   // anything not listed below
 	exitUsage       = 2   // bad flags or arguments
 	exitCorrupt     = 3   // the bundle failed verification: corrupt, truncated, incomplete
-	exitNotFound    = 4   // the bundle or object does not exist
+	exitNotFound    = 4   // the bundle or object (or the named virtual cluster) does not exist
 	exitRefused     = 5   // refused to overwrite: non-empty target, existing bundle, revision gap
 	exitUnsupported = 6   // a newer bundle format, or not a vcsnap bundle at all
 	exitUnavailable = 7   // the datastore could not be reached
@@ -32,10 +33,13 @@ func (u usageError) Unwrap() error { return u.error }
 
 func exitCode(err error) int {
 	var ue usageError
+	var ee *engineError
 	var gap *snapshot.GapError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &ee):
+		return ee.code // the engine Job's own vcsnap exit code
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
 	case errors.As(err, &ue):
@@ -44,7 +48,7 @@ func exitCode(err error) int {
 		return exitCorrupt
 	case errors.Is(err, snapshot.ErrNoPoint):
 		return exitNotFound
-	case errors.Is(err, storage.ErrNotFound):
+	case errors.Is(err, storage.ErrNotFound), errors.Is(err, vcluster.ErrNotFound):
 		return exitNotFound
 	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap),
 		errors.Is(err, volumes.ErrPVCExists):

@@ -109,7 +109,7 @@ into one verified, compressed bundle in an object store, and restores it.`,
 	_ = root.PersistentFlags().MarkHidden("cpuprofile")
 	_ = root.PersistentFlags().MarkHidden("memprofile")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.migrateCommand(), a.versionCommand())
+	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.resumeCommand(), a.migrateCommand(), a.versionCommand())
 	return root
 }
 

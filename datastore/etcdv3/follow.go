@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -135,4 +136,21 @@ func (s *Source) Revision(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("%w: %v", datastore.ErrUnavailable, err)
 	}
 	return resp.Header.Revision, nil
+}
+
+// CheckFollow reports (ErrCompacted) when the revisions after `after` can no longer be
+// followed because the datastore compacted them away.
+func (s *Source) CheckFollow(ctx context.Context, after int64) error {
+	cur, err := s.Revision(ctx)
+	if err != nil || after >= cur {
+		return err
+	}
+	_, err = s.cli.Get(ctx, "\x00", clientv3.WithLimit(1), clientv3.WithKeysOnly(), clientv3.WithRev(after+1))
+	if errors.Is(err, rpctypes.ErrCompacted) || (err != nil && strings.Contains(err.Error(), "compacted")) {
+		return fmt.Errorf("%w: revision %d: %v", datastore.ErrCompacted, after+1, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", datastore.ErrUnavailable, err)
+	}
+	return nil
 }

@@ -156,3 +156,16 @@ func (s *Source) readRows(ctx context.Context, after int64, acceptGap bool) (cha
 	}
 	return changes, upTo, gap, nil
 }
+
+// CheckFollow reports (ErrCompacted) when kine compacted its table past `after`.
+func (s *Source) CheckFollow(ctx context.Context, after int64) error {
+	var compact sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(prev_revision) FROM kine WHERE name = 'compact_rev_key'`).Scan(&compact); err != nil {
+		return classify(s.cfg, err)
+	}
+	if compact.Int64 > after {
+		return fmt.Errorf("%w: kine compacted its table up to revision %d, past the chain's last revision %d",
+			datastore.ErrCompacted, compact.Int64, after)
+	}
+	return nil
+}

@@ -67,6 +67,14 @@ func TestCopyAcrossRegions(t *testing.T) {
 	}
 	assertSameBytes(t, loc(dst, "west", "vc1/nightly"), orig)
 
+	// The same bucket and key names on two endpoints are two objects, not one.
+	sameA, sameB := newBucket(t, east, "backups"), newBucket(t, west, "backups")
+	putObject(t, loc(sameA, "east", "vc1/nightly"), orig)
+	if res, err := snapshot.Copy(ctx, loc(sameA, "east", "vc1/nightly"), loc(sameB, "west", "vc1/nightly"), snapshot.CopyOptions{Open: open}); err != nil || res.ServerSide {
+		t.Fatalf("copy between equally named buckets on two endpoints: %v", err)
+	}
+	assertSameBytes(t, loc(sameB, "west", "vc1/nightly"), orig)
+
 	// Same endpoint: the server copies, no bundle byte is uploaded by vcsnap.
 	c.reset()
 	res, err = snapshot.Copy(ctx, loc(src, "east", "vc1/nightly"), loc(srv2, "east", "vc1/nightly"), snapshot.CopyOptions{Open: open})

@@ -9,6 +9,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/ec2standin"
+	"github.com/vcsnap/vcsnap/test/rig"
 	"github.com/vcsnap/vcsnap/volumecopy"
 )
 
@@ -18,6 +19,7 @@ import (
 // snapshot is copied, waited for and tagged; the other driver's snapshot needs the
 // handle map; the copied bundle records the new handles and verifies.
 func TestCopyVolumesCLI(t *testing.T) {
+	rig.RequireIntegration(t)
 	ec2 := ec2standin.Start(t)
 	ec2.SetPlan("snap-0aaa", ec2standin.Plan{PendingPolls: 2})
 	dir := t.TempDir()
@@ -59,6 +61,10 @@ func TestCopyVolumesCLI(t *testing.T) {
 	if !res.VolumesRewritten || len(got) != 2 || got[0].SnapshotHandle != copies[0].ID || got[0].Region != "us-east-1" ||
 		got[1].SnapshotHandle != "nfs-snap-1-dr" || got[1].Region != "us-east-1" || got[0].RestoreSize != 1<<30 {
 		t.Fatalf("destination volumes %+v", got)
+	}
+	if r := cli.run(t, "snapshot", "describe", dst); r.Code != 0 || !strings.Contains(r.Stdout, copies[0].ID+" in us-east-1") ||
+		!strings.Contains(r.Stdout, "nfs.csi.k8s.io snapshot nfs-snap-1-dr in us-east-1") {
+		t.Fatalf("describe does not show the new handles: %s", r)
 	}
 	if r := cli.run(t, "snapshot", "verify", dst); r.Code != 0 {
 		t.Fatalf("verify the copy: %s", r)

@@ -25,6 +25,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"filippo.io/age"
+
 	"github.com/vcsnap/vcsnap/datastore/open"
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
@@ -86,8 +88,23 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	}
 	prefix := "file://" + t.TempDir() + "/pitr/"
 	etcd := v.Datastore.Client(t)
+	// The SQLite chain is encrypted (age, X25519): deltas follow the encryption rules of
+	// create, and every restore needs the identity.
+	var encArgs, keyArgs []string
+	if kind == "sqlite" {
+		id, err := age.GenerateX25519Identity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		idFile := filepath.Join(t.TempDir(), "age.key")
+		if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		encArgs = []string{"--encrypt-recipient", id.Recipient().String()}
+		keyArgs = []string{"--identity-file", idFile}
+	}
 
-	nw := &newest{}
+	nw := &newest{args: encArgs}
 	w := startWatcher(t, src, prefix, "first", nw)
 	w.waitBundles(t, 1, 60*time.Second) // the full bundle
 	sw.lap("watcher's first full bundle")
@@ -143,21 +160,40 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	waitFor(lctx, load*2/10)
 	record()
 	// kill -9 the watcher, keep writing for a while, restart it.
-	lastBefore := w.last()
 	down.Store(true)
 	w.kill(t)
 	waitFor(lctx, 3*time.Second)
+	// What the store holds: a bundle may have been stored just before the kill without
+	// the watcher getting to print it.
+	lastBefore := storedEnd(t, newCLI(t, nil), prefix)
 	w2 := startWatcher(t, src, prefix, "restarted", nw)
 	first := w2.waitBundles(t, 1, 60*time.Second)[0]
 	down.Store(false)
-	switch {
-	case first.Manifest.Kind == bundle.KindDelta && first.Manifest.BaseRevision == lastBefore.Manifest.Revision && first.Manifest.Chain == lastBefore.Manifest.Chain:
-		t.Logf("restart after SIGKILL continued chain %s from revision %d, no gap", first.Manifest.Chain, first.Manifest.BaseRevision)
-	case first.Manifest.Kind == bundle.KindFull && first.Manifest.Chain != lastBefore.Manifest.Chain:
+	if first.Manifest.Chain != lastBefore.ID {
+		if first.Manifest.Kind != bundle.KindFull {
+			t.Fatalf("the restarted watcher began a new chain with %s %+v, not with a full bundle", first.URL, first.Manifest)
+		}
 		t.Logf("restart after SIGKILL started a new chain %s with a full bundle at revision %d", first.Manifest.Chain, first.Manifest.Revision)
-	default:
-		t.Fatalf("first bundle after the restart: %s %+v; the last before the kill ended at revision %d of chain %s",
-			first.URL, first.Manifest, lastBefore.Manifest.Revision, lastBefore.Manifest.Chain)
+	} else {
+		// The same chain goes on exactly where the store's copy of it ended (a scheduled
+		// full bundle may come first).
+		evs := w2.waitUntil(t, 60*time.Second, "a delta after the restart", func(evs []snapshot.WatchEvent) bool {
+			for _, ev := range evs {
+				if ev.Manifest.Kind == bundle.KindDelta {
+					return true
+				}
+			}
+			return false
+		})
+		for _, ev := range evs {
+			if ev.Manifest.Kind == bundle.KindDelta {
+				if ev.Manifest.BaseRevision != lastBefore.ToRevision {
+					t.Fatalf("the first delta after the restart starts at revision %d, the chain in the store ended at %d", ev.Manifest.BaseRevision, lastBefore.ToRevision)
+				}
+				break
+			}
+		}
+		t.Logf("restart after SIGKILL continued chain %s from revision %d, no gap", lastBefore.ID, lastBefore.ToRevision)
 	}
 	waitFor(lctx, time.Until(loadStart.Add(load*8/10)))
 	record()
@@ -191,10 +227,29 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 		Orphans []*snapshot.Entry `json:"orphans"`
 	}
 	cli.mustJSON(t, &chains, "snapshot", "list", "--chains", prefix)
+	bridges := 0
+	for _, ev := range append(w.events, w2.events...) {
+		if strings.HasPrefix(ev.Reason, "bridge") {
+			bridges++
+		}
+	}
+	t.Logf("%d bundles stored, %d of them bridge deltas from a full bundle taken while deltas went on", len(w.events)+len(w2.events), bridges)
 	for _, c := range chains.Chains {
 		t.Logf("chain %s: full %s, %d deltas, revisions %d-%d", c.ID, c.Full.Name, len(c.Deltas), c.FromRevision, c.ToRevision)
 		if c.Gap != nil {
 			t.Errorf("chain %s has a gap: %s", c.ID, c.Gap)
+		}
+	}
+	for _, c := range chains.Chains {
+		for _, e := range c.Bundles() {
+			if (e.Manifest.Encryption != nil) != (kind == "sqlite") {
+				t.Errorf("%s: encryption %+v, want it exactly when the watcher encrypts", e.Name, e.Manifest.Encryption)
+			}
+		}
+	}
+	if kind == "sqlite" {
+		if res := cli.run(t, "restore", "--datastore", freshTarget(t, kind, 30), "--to-revision", strconv.FormatInt(points[0].rev, 10), prefix); res.Code != 8 {
+			t.Errorf("restore of an encrypted chain without its key: exit %d, want 8\n%s", res.Code, res)
 		}
 	}
 	if len(chains.Orphans) > 0 {
@@ -208,7 +263,7 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	for i, p := range append(points, final) {
 		target := freshTarget(t, kind, i)
 		var res restore.Result
-		cli.mustJSON(t, &res, "restore", "--datastore", target, "--to-revision", strconv.FormatInt(p.rev, 10), prefix)
+		cli.mustJSON(t, &res, append(append([]string{"restore", "--datastore", target, "--to-revision", strconv.FormatInt(p.rev, 10)}, keyArgs...), prefix)...)
 		if res.Point == nil || res.Point.Revision != p.rev {
 			t.Fatalf("point %d: restore reports %+v, want revision %d", i+1, res.Point, p.rev)
 		}
@@ -219,13 +274,67 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	// --to-time: the newest captured state at or before the third point's time.
 	target := freshTarget(t, kind, 9)
 	var res restore.Result
-	cli.mustJSON(t, &res, "restore", "--datastore", target, "--to-time", points[2].at.UTC().Format(time.RFC3339Nano), prefix)
+	cli.mustJSON(t, &res, append(append([]string{"restore", "--datastore", target, "--to-time", points[2].at.UTC().Format(time.RFC3339Nano)}, keyArgs...), prefix)...)
 	if res.Point.Revision > points[2].rev || res.Point.Revision < points[1].rev {
 		t.Fatalf("--to-time %s restored revision %d, want between points 2 and 3 (%d..%d)", points[2].at, res.Point.Revision, points[1].rev, points[2].rev)
 	}
 	compareRestored(t, ctx, fmt.Sprintf("--to-time (revision %d)", res.Point.Revision), target, readPinned(t, ctx, etcd, res.Point.Revision))
 	sw.lap("restore --to-time")
+	if kind == "etcd" {
+		compactedRestart(t, ctx, cs, etcd, src, prefix, cli, nw)
+		sw.lap("restart after compaction")
+	}
 	t.Logf("%s: %s", kind, sw.summary())
+}
+
+// storedEnd is the chain under the prefix that reaches the highest revision.
+func storedEnd(t *testing.T, cli *vcsnapCLI, prefix string) *snapshot.Chain {
+	t.Helper()
+	var out struct {
+		Chains []*snapshot.Chain `json:"chains"`
+	}
+	cli.mustJSON(t, &out, "snapshot", "list", "--chains", prefix)
+	var end *snapshot.Chain
+	for _, c := range out.Chains {
+		if end == nil || c.ToRevision > end.ToRevision {
+			end = c
+		}
+	}
+	if end == nil {
+		t.Fatal("no chain under the prefix")
+	}
+	return end
+}
+
+// compactedRestart writes while no watcher runs, compacts etcd past the chain's last
+// revision, and starts a watcher: it must start a new chain with a full bundle, say
+// why, and the state after it must restore exactly.
+func compactedRestart(t *testing.T, ctx context.Context, cs kubernetes.Interface, etcd *clientv3.Client, src, prefix string, cli *vcsnapCLI, nw *newest) {
+	t.Helper()
+	old := storedEnd(t, cli, prefix)
+	for i := range 20 {
+		if _, err := cs.CoreV1().ConfigMaps("load").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("while-down-%d", i)}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur := readPinned(t, ctx, etcd, 0)
+	if _, err := etcd.Compact(ctx, cur.rev); err != nil {
+		t.Fatal(err)
+	}
+	w := startWatcher(t, src, prefix, "after-compaction", nw)
+	first := w.waitBundles(t, 1, 60*time.Second)[0]
+	if first.Manifest.Kind != bundle.KindFull || first.Manifest.Revision < cur.rev || first.Manifest.Chain == old.ID {
+		t.Fatalf("after a compaction past the chain the watcher stored %s %+v, want a new full bundle at >= %d", first.URL, first.Manifest, cur.rev)
+	}
+	w.stop(t)
+	if log := tailOf(w.log); !strings.Contains(log, "compacted") {
+		t.Errorf("the watcher does not say why it started a new chain:\n%s", log)
+	}
+	target := freshTarget(t, "etcd", 20)
+	var res restore.Result
+	cli.mustJSON(t, &res, "restore", "--datastore", target, "--to-revision", strconv.FormatInt(cur.rev, 10), prefix)
+	compareRestored(t, ctx, fmt.Sprintf("after compaction (revision %d)", cur.rev), target, cur)
+	t.Logf("a compaction past the chain's last revision started chain %s with a full bundle at revision %d", first.Manifest.Chain, first.Manifest.Revision)
 }
 
 // waitFor waits d or until ctx ends.
@@ -241,8 +350,9 @@ func waitFor(ctx context.Context, d time.Duration) {
 
 // newest remembers when the newest bundle of a test's watchers was completed.
 type newest struct {
-	mu sync.Mutex
-	at time.Time
+	mu   sync.Mutex
+	at   time.Time
+	args []string // extra watcher arguments (encryption)
 }
 
 func (n *newest) get() time.Time { n.mu.Lock(); defer n.mu.Unlock(); return n.at }
@@ -415,8 +525,9 @@ func startWatcher(t *testing.T, src, prefix, tag string, nw *newest) *watcherPro
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(vcsnapBin, "-o", "json", "--log-level", "debug", "snapshot", "watch", "--datastore", src,
-		"--delta-every", envOr("VCSNAP_WATCH_DELTA_EVERY", "1s"), "--full-every", envOr("VCSNAP_WATCH_FULL_EVERY", "15s"), prefix)
+	args := []string{"-o", "json", "--log-level", "debug", "snapshot", "watch", "--datastore", src,
+		"--delta-every", envOr("VCSNAP_WATCH_DELTA_EVERY", "1s"), "--full-every", envOr("VCSNAP_WATCH_FULL_EVERY", "15s")}
+	cmd := exec.Command(vcsnapBin, append(append(args, nw.args...), prefix)...)
 	cmd.Env = newCLI(t, nil).env
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

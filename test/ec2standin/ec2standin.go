@@ -31,6 +31,9 @@ type Plan struct {
 	FailWith string
 	// Stuck keeps the copy pending forever.
 	Stuck bool
+	// InvisiblePolls is how many DescribeSnapshots calls by id answer NotFound for the
+	// new copy first (EC2's API is eventually consistent).
+	InvisiblePolls int
 }
 
 // Snapshot is a snapshot the stand-in knows.
@@ -41,7 +44,7 @@ type Snapshot struct {
 	Description, KMSKeyID   string
 	Encrypted               bool
 	Tags                    map[string]string
-	polls                   int
+	polls, invisible        int
 	plan                    Plan
 }
 
@@ -196,6 +199,10 @@ func (s *Server) describeSnapshots(w http.ResponseWriter, f url.Values) {
 	var out []*Snapshot
 	for _, id := range ids {
 		sn := s.find(id)
+		if sn != nil && sn.invisible < sn.plan.InvisiblePolls {
+			sn.invisible++
+			sn = nil
+		}
 		if sn == nil {
 			writeError(w, "InvalidSnapshot.NotFound", fmt.Sprintf("The snapshot '%s' does not exist.", id))
 			return

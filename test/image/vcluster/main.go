@@ -215,14 +215,22 @@ func run(c config) error {
 		if c.podIP != "" {
 			advertise = "https://" + net.JoinHostPort(c.podIP, "2379")
 		}
+		// vcluster names its embedded etcd member after the pod (NAME-0), and an
+		// offline restore (etcd-dir://...?vcluster=NAME) rebuilds that member.
+		member := os.Getenv("POD_NAME")
+		if member == "" {
+			if member, err = os.Hostname(); err != nil || member == "" {
+				member = c.name + "-0"
+			}
+		}
 		if _, err := s.start("etcd", filepath.Join(c.binDir, "etcd"),
-			"--name="+c.name,
+			"--name="+member,
 			"--data-dir="+filepath.Join(c.dataDir, "etcd"),
 			"--listen-client-urls=https://0.0.0.0:2379",
 			"--advertise-client-urls="+advertise,
 			"--listen-peer-urls=http://127.0.0.1:2380",
 			"--initial-advertise-peer-urls=http://127.0.0.1:2380",
-			"--initial-cluster="+c.name+"=http://127.0.0.1:2380",
+			"--initial-cluster="+member+"=http://127.0.0.1:2380",
 			"--listen-metrics-urls=http://127.0.0.1:2381",
 			"--cert-file="+filepath.Join(pki, "etcd", "server.crt"),
 			"--key-file="+filepath.Join(pki, "etcd", "server.key"),

@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net/url"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/vcsnap/vcsnap/restore"
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/test/rig"
+	"github.com/vcsnap/vcsnap/vcluster"
+)
+
+// TestVClusterByName is the by-name workflow on the rig's real node, as a user runs it
+// from a workstation against a host cluster: a vcluster-shaped virtual cluster (kine on
+// SQLite, and embedded etcd) filled with objects;
+//
+//   - `vcsnap snapshot create NAME -n NS --dry-run` prints its plan and changes nothing;
+//   - `vcsnap snapshot create NAME -n NS s3://...` finds the cluster, runs vcsnap's own
+//     image in a Job on the control plane's node mounting its data volume, and lands a
+//     bundle in MinIO that verifies and records the values, versions and host facts;
+//   - the virtual cluster's objects are changed, created and deleted;
+//   - `vcsnap restore NAME -n NS --dry-run` changes nothing;
+//   - a restore whose engine cannot start fails and leaves the virtual cluster running
+//     its current state;
+//   - `vcsnap restore NAME -n NS s3://...` pauses the StatefulSet, restores through a
+//     Job, resumes it, and the virtual cluster's API serves exactly the snapshot's
+//     objects again (rig.DumpAll); the previous state is saved as a safety bundle.
+//
+// No temporary Job or Secret is left behind. MinIO is reached at the node's veth
+// address by the test's CLI and the Job's pod alike, so both use one store URL.
+func TestVClusterByName(t *testing.T) {
+	rig.RequireIntegration(t)
+	suite := newStopwatch(t)
+	r := startNodeRig(t, suite, "vcsnap-byname")
+	var tm timings
+	for i, backing := range []string{rig.VClusterSQLite, rig.VClusterEtcd} {
+		t.Run(backing, func(t *testing.T) {
+			sw := newStopwatch(t)
+			byName(t, r, backing, int64(7100+i), sw)
+			tm.add("%-6s %s", backing, sw.summary())
+		})
+	}
+	tm.add("node started in %.1fs (kubelet to Ready %.1fs); whole test %s",
+		r.node.StartupTime.Seconds(), r.node.KubeletReady.Seconds(), suite.summary())
+	tm.log(t)
+}
+
+func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	vc := rig.StartVClusterOnNode(t, r.host, r.node, rig.VClusterOptions{Name: "byname-" + backing, Backing: backing})
+	sw.lap("start virtual cluster")
+	fill := rig.FillRealistic(t, vc.RESTConfig(t), seed)
+	before := rig.DumpAll(t, vc.RESTConfig(t))
+	sw.lap("fill + dump")
+	t.Logf("virtual cluster %s/%s: %d objects", vc.Namespace, vc.Name, len(before))
+
+	hostCS := kubernetes.NewForConfigOrDie(r.host.RESTConfig())
+	q := url.Values{}
+	q.Set("endpoint", "http://"+r.minioForPods)
+	q.Set("force-path-style", "true")
+	q.Set("region", r.minio.Region)
+	key := vc.Name + "/by-name"
+	store := "s3://" + r.bucket.bucket + "/" + key + "?" + q.Encode()
+	kube := []string{"--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", vc.Namespace, "--image", rig.VCSnapImageRef}
+	cli := r.cli
+	noTemporaries := func(when string) {
+		t.Helper()
+		sel := labels.Set{vcluster.LabelVCluster: vc.Name}.String()
+		jobs, err := hostCS.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets, err := hostCS.CoreV1().Secrets(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods, err := hostCS.CoreV1().Pods(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(jobs.Items) + len(secrets.Items) + len(pods.Items); n != 0 {
+			t.Fatalf("%s: %d Jobs, %d Secrets, %d pods of vcsnap's engine left in %s", when, len(jobs.Items), len(secrets.Items), len(pods.Items), vc.Namespace)
+		}
+	}
+	running := func(when string) {
+		t.Helper()
+		sts, err := hostCS.AppsV1().StatefulSets(vc.Namespace).Get(ctx, vc.StatefulSet, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := sts.Annotations[vcluster.PausedReplicasAnnotation]; ok || sts.Spec.Replicas == nil || *sts.Spec.Replicas != 1 {
+			t.Fatalf("%s: StatefulSet replicas %v, annotations %v; want 1 replica, not paused", when, sts.Spec.Replicas, sts.Annotations)
+		}
+	}
+
+	// Dry run: a plan, and nothing created.
+	res := cli.run(t, append(append([]string{"snapshot", "create", vc.Name}, kube...), "--dry-run", store)...)
+	if res.Code != 0 || !strings.Contains(res.Stdout, "[dry-run] create Job") || !strings.Contains(res.Stdout, vc.PVC) {
+		t.Fatalf("dry run: %s", res)
+	}
+	if strings.Contains(res.Stdout+res.Stderr, r.minio.SecretKey) {
+		t.Fatalf("the dry run printed the store's secret key:\n%s", res)
+	}
+	if d := cli.run(t, "snapshot", "describe", r.bucket.url(key)); d.Code != 4 {
+		t.Fatalf("after a dry run, describe: %s; want exit 4 (no bundle)", d)
+	}
+	noTemporaries("after the snapshot dry run")
+	sw.lap("snapshot dry run")
+
+	// The snapshot, through the engine Job.
+	var created snapshot.CreateResult
+	cli.mustJSON(t, &created, append(append([]string{"snapshot", "create", vc.Name}, kube...), store)...)
+	sw.lap("snapshot by name")
+	noTemporaries("after the snapshot")
+	var verified snapshot.VerifyResult
+	cli.mustJSON(t, &verified, "snapshot", "verify", store)
+	src := verified.Manifest.Source
+	wantKind := map[string]string{rig.VClusterSQLite: "kine-sqlite", rig.VClusterEtcd: "etcd"}[backing]
+	if verified.Manifest.Keys != created.Manifest.Keys || verified.Manifest.Keys < 100 || src.Datastore != wantKind ||
+		src.VClusterName != vc.Name || src.VClusterNamespace != vc.Namespace || src.KubernetesVersion != "v1.32.2" ||
+		src.ServiceCIDR != vc.ServiceCIDR || src.HostServiceCIDR != r.host.ServiceCIDR {
+		t.Fatalf("bundle manifest: %d keys (create said %d), source %+v; want the %s of %s/%s with versions and host facts",
+			verified.Manifest.Keys, created.Manifest.Keys, src, wantKind, vc.Namespace, vc.Name)
+	}
+	t.Logf("bundle: %d keys, revision %d, source %+v", verified.Manifest.Keys, verified.Manifest.Revision, src)
+	sw.lap("verify")
+
+	// Change the virtual cluster: update, delete, create.
+	vcs := kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
+	ns := fill.Namespaces[0]
+	cms, err := vcs.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+	if err != nil || len(cms.Items) < 2 {
+		t.Fatalf("configmaps in %s: %d, %v", ns, len(cms.Items), err)
+	}
+	changed := cms.Items[0]
+	changed.Data = map[string]string{"changed": "after the snapshot"}
+	if _, err := vcs.CoreV1().ConfigMaps(ns).Update(ctx, &changed, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vcs.CoreV1().ConfigMaps(ns).Delete(ctx, cms.Items[1].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vcs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "after-snapshot"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mutated := rig.DumpAll(t, vc.RESTConfig(t))
+	if rig.DiffDumps(before, mutated) == "" {
+		t.Fatal("the changes did not change the dump")
+	}
+
+	// Restore dry run: nothing changes.
+	res = cli.run(t, append(append([]string{"restore", vc.Name}, kube...), "--dry-run", store)...)
+	if res.Code != 0 || !strings.Contains(res.Stdout, "[dry-run] pause") || !strings.Contains(res.Stdout, "[dry-run] resume") {
+		t.Fatalf("restore dry run: %s", res)
+	}
+	running("after the restore dry run")
+	noTemporaries("after the restore dry run")
+	if diff := rig.DiffDumps(mutated, rig.DumpAll(t, vc.RESTConfig(t))); diff != "" {
+		t.Fatalf("the restore dry run changed the virtual cluster:\n%s", diff)
+	}
+	sw.lap("change + restore dry run")
+
+	// A restore whose engine cannot start fails and resumes the current state (the
+	// same code path for every datastore kind: checked once).
+	if backing == rig.VClusterSQLite {
+		failedRestoreResumes(t, r, vc, kube, store, mutated, running, noTemporaries)
+		sw.lap("failed restore resumes")
+	}
+
+	// The restore; on embedded etcd the CLI is killed while its engine Job runs, and
+	// `vcsnap resume` lets the Job finish and brings the virtual cluster back.
+	var restored struct {
+		Restore *restore.Result `json:"restore"`
+	}
+	if backing == rig.VClusterEtcd {
+		killedRestoreResumes(t, r, vc, hostCS, kube, store)
+		sw.lap("killed restore + resume")
+	} else {
+		cli.mustJSON(t, &restored, append(append([]string{"restore", vc.Name}, kube...), store)...)
+		sw.lap("restore by name")
+	}
+	running("after the restore")
+	noTemporaries("after the restore")
+	vc.WaitReady(t, time.Minute) // the pod (and its IP) is new
+	after := rig.DumpAll(t, vc.RESTConfig(t))
+	if diff := rig.DiffDumps(before, after); diff != "" {
+		t.Fatalf("the restored virtual cluster serves other objects than the snapshot's:\n%s", diff)
+	}
+	if backing == rig.VClusterEtcd {
+		sw.lap("compare")
+		return
+	}
+	rr := restored.Restore
+	if rr == nil || rr.Revision <= rr.PreviousRevision || rr.SafetyBackup == "" {
+		t.Fatalf("restore result %+v: want the revision moved forward and a safety backup", rr)
+	}
+	var safety snapshot.VerifyResult
+	cli.mustJSON(t, &safety, "snapshot", "verify", rr.SafetyBackup)
+	if safety.Manifest.Keys < 100 || safety.Manifest.Source.Datastore != wantKind {
+		t.Errorf("the safety backup holds %d keys of a %q datastore; want the replaced state", safety.Manifest.Keys, safety.Manifest.Source.Datastore)
+	}
+	sw.lap("compare + safety backup")
+
+	// The same bundle onto another namespace, name and service range (checked once).
+	if backing == rig.VClusterSQLite {
+		restoreOntoAnotherName(t, r, vc, store, before, sw)
+	}
+}
+
+func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,
+	running, noTemporaries func(string)) {
+	res := r.cli.run(t, append(append([]string{"restore", vc.Name}, kube...), "--image", "vcsnap:missing", "--image-pull-policy", "Never", store)...)
+	if res.Code == 0 || !strings.Contains(res.Stderr, "ErrImageNeverPull") || !strings.Contains(res.Stderr, "runs again on its previous state") {
+		t.Fatalf("restore with a missing engine image: %s; want a failure that resumed the virtual cluster", res)
+	}
+	running("after the failed restore")
+	noTemporaries("after the failed restore")
+	if diff := rig.DiffDumps(mutated, rig.DumpAll(t, vc.RESTConfig(t))); diff != "" {
+		t.Fatalf("the failed restore changed the virtual cluster:\n%s", diff)
+	}
+}
+
+// killedRestoreResumes kills `vcsnap restore NAME` once its engine Job exists (the
+// virtual cluster is paused then), and runs the documented `vcsnap resume NAME -n NS`.
+func killedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, hostCS kubernetes.Interface, kube []string, store string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vcsnapBin, append(append([]string{"restore", vc.Name}, kube...), store)...)
+	cmd.Env = r.cli.env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sel := labels.Set{vcluster.LabelVCluster: vc.Name, vcluster.LabelOperation: "restore"}.String()
+	var job string
+	for job == "" {
+		jobs, err := hostCS.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs.Items) > 0 {
+			job = jobs.Items[0].Name
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no restore Job appeared; vcsnap said:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling for the Job, not timing
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	sts, err := hostCS.AppsV1().StatefulSets(vc.Namespace).Get(ctx, vc.StatefulSet, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sts.Annotations[vcluster.PausedReplicasAnnotation] != "1" || *sts.Spec.Replicas != 0 {
+		t.Fatalf("killed while Job %s ran: replicas %d, annotations %v; want paused with 1 recorded", job, *sts.Spec.Replicas, sts.Annotations)
+	}
+	t.Logf("killed vcsnap restore while its Job %s existed; the virtual cluster is paused", job)
+	res := r.cli.run(t, "resume", vc.Name, "--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", vc.Namespace)
+	if res.Code != 0 || !strings.Contains(res.Stderr, "engine Job had finished its work") {
+		t.Fatalf("resume: %s; want the orphaned Job waited for and resumed", res)
+	}
+}

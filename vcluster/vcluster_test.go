@@ -1,0 +1,268 @@
+package vcluster
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// These tests run against client-go's fake clientset (no controllers, no apiserver
+// validation); the real proof is the node e2e test (test/e2e TestVClusterByName).
+
+func TestDatastoreKind(t *testing.T) {
+	for _, tc := range []struct {
+		yaml, want, wantErr string
+	}{
+		{"", KindSQLite, ""},
+		{"controlPlane:\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n", KindSQLite, ""},
+		{"controlPlane:\n  backingStore:\n    etcd:\n      embedded:\n        enabled: true\n", KindEmbeddedEtcd, ""},
+		{"controlPlane:\n  backingStore:\n    etcd:\n      deploy:\n        enabled: true\n", KindDeployedEtcd, ""},
+		{"controlPlane:\n  backingStore:\n    etcd:\n      external:\n        enabled: true\n        endpoint: etcd.example:2379\n", KindExternalEtcd, ""},
+		{"controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        dataSource: mysql://u:p@tcp(db:3306)/k\n", KindExternalDatabase, ""},
+		{"controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n", "", "without a dataSource"},
+		{"controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        connector: platform-db\n", "", "connector"},
+		{"controlPlane:\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n    etcd:\n      embedded:\n        enabled: true\n", "", "more than one"},
+	} {
+		v, err := ParseValues([]byte(tc.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := v.DatastoreKind()
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%q: err %v, want one containing %q", tc.yaml, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %q %v, want %q", tc.yaml, got, err, tc.want)
+		}
+	}
+	if _, err := ParseValues([]byte("controlPlane: [")); err == nil {
+		t.Error("broken YAML parsed")
+	}
+}
+
+func TestSplitPassword(t *testing.T) {
+	for _, tc := range []struct{ in, url, pw string }{
+		{"mysql://kine:s3cr:et@tcp(db:3306)/kine", "mysql://kine@tcp(db:3306)/kine", "s3cr:et"},
+		{"postgres://kine:p%40ss@db:5432/kine?sslmode=disable", "postgres://kine@db:5432/kine?sslmode=disable", "p@ss"},
+		{"postgres://kine@db:5432/kine", "postgres://kine@db:5432/kine", ""},
+		{"sqlite:///data/state.db", "sqlite:///data/state.db", ""},
+	} {
+		u, pw := SplitPassword(tc.in)
+		if u != tc.url || pw != tc.pw {
+			t.Errorf("SplitPassword(%q) = %q, %q; want %q, %q", tc.in, u, pw, tc.url, tc.pw)
+		}
+	}
+}
+
+// objects of a vcluster-shaped control plane as vcluster's chart (and the rig) makes them.
+func fakeVCluster(values string, running bool) []runtime.Object {
+	lbl := map[string]string{"app": "vcluster", "release": "vc1"}
+	one := int32(1)
+	objs := []runtime.Object{
+		&appsv1.StatefulSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "vc1", Namespace: "team-a", Labels: map[string]string{"app": "vcluster", "chart": "vcluster-0.21.1"}},
+			Spec: appsv1.StatefulSetSpec{
+				Replicas: &one,
+				Selector: &metav1.LabelSelector{MatchLabels: lbl},
+				Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+					Tolerations: []corev1.Toleration{{Key: "dedicated", Value: "vcluster"}},
+					Containers: []corev1.Container{{Name: "syncer", Image: "ghcr.io/loft-sh/vcluster-pro:0.21.1",
+						VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
+				}},
+				VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{ObjectMeta: metav1.ObjectMeta{Name: "data"}}},
+			},
+		},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-config-vc1", Namespace: "team-a"}, Data: map[string][]byte{"config.yaml": []byte(values)}},
+		&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-vc1-0", Namespace: "team-a"},
+			Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}},
+	}
+	if running {
+		objs = append(objs, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "vc1-0", Namespace: "team-a", Labels: lbl},
+			Spec:       corev1.PodSpec{NodeName: "node-1"},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.7",
+				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+		})
+	}
+	return objs
+}
+
+func TestDiscoverSQLite(t *testing.T) {
+	ctx := context.Background()
+	values := "controlPlane:\n  distro:\n    k8s:\n      enabled: true\n      version: v1.32.2\nnetworking:\n  serviceCIDR: 10.96.0.0/16\n"
+	cs := fake.NewSimpleClientset(fakeVCluster(values, true)...)
+	vc, err := Discover(ctx, cs, "team-a", "vc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vc.Workload.Kind != "StatefulSet" || vc.Workload.Replicas != 1 || vc.DataPVC != "data-vc1-0" || !vc.DataPVCSingleNode ||
+		vc.Pod != "vc1-0" || vc.Node != "node-1" || !vc.Running || vc.VClusterVersion != "0.21.1" ||
+		vc.KubernetesVersion != "v1.32.2" || vc.ServiceCIDR != "10.96.0.0/16" {
+		t.Errorf("discovered %+v", vc)
+	}
+	if d := vc.Datastore; d.Kind != KindSQLite || d.SnapshotURL != "sqlite:///data/state.db" || d.RestoreURL != d.SnapshotURL || !d.OnVolume {
+		t.Errorf("datastore %+v", d)
+	}
+
+	ej, err := vc.BuildJob(JobOptions{Operation: "snapshot", Image: "vcsnap:1.0", Args: []string{"snapshot", "create"},
+		Env: map[string]string{"AWS_SECRET_ACCESS_KEY": "very-secret"}, Files: map[string][]byte{"values.yaml": vc.ValuesYAML}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ej.Job.Spec.Template.Spec
+	if ps.NodeName != "node-1" || len(ps.Tolerations) != 1 || ej.Job.Namespace != "team-a" || len(ej.Job.Name) > 63 {
+		t.Errorf("job %s pinned to %q, tolerations %v", ej.Job.Name, ps.NodeName, ps.Tolerations)
+	}
+	c := ps.Containers[0]
+	if strings.Contains(strings.Join(c.Args, " "), "very-secret") || len(c.Env) != 1 || c.Env[0].ValueFrom.SecretKeyRef.Name != ej.Secret.Name ||
+		string(ej.Secret.Data["AWS_SECRET_ACCESS_KEY"]) != "very-secret" || *c.SecurityContext.RunAsUser != 0 {
+		t.Errorf("secrets: args %v env %+v", c.Args, c.Env)
+	}
+	if d := ej.Describe(); strings.Contains(d, "very-secret") || !strings.Contains(d, "data-vc1-0") {
+		t.Errorf("Describe shows a secret or misses the volume:\n%s", d)
+	}
+
+	// Paused, no pod: nothing to pin to, Pause records and scales, Resume restores.
+	if _, err := Discover(ctx, cs, "team-a", "nope"); err == nil {
+		t.Error("a missing virtual cluster was found")
+	}
+}
+
+func TestDiscoverEtcdAndPause(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	values := "controlPlane:\n  backingStore:\n    etcd:\n      embedded:\n        enabled: true\n"
+	cs := fake.NewSimpleClientset(fakeVCluster(values, false)...)
+	vc, err := Discover(ctx, cs, "team-a", "vc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vc.Running || vc.Datastore.Kind != KindEmbeddedEtcd || vc.Datastore.SnapshotURL != "etcd-dir:///data/etcd?namespace=team-a&vcluster=vc1" {
+		t.Errorf("stopped embedded etcd: %+v", vc.Datastore)
+	}
+	prior, err := Pause(ctx, cs, vc)
+	if err != nil || prior != 1 {
+		t.Fatalf("Pause: %d %v", prior, err)
+	}
+	sts, _ := cs.AppsV1().StatefulSets("team-a").Get(ctx, "vc1", metav1.GetOptions{})
+	if *sts.Spec.Replicas != 0 || sts.Annotations[PausedReplicasAnnotation] != "1" {
+		t.Fatalf("after Pause: replicas %d, annotations %v", *sts.Spec.Replicas, sts.Annotations)
+	}
+	// An interrupted run is found paused; pausing again keeps the first record.
+	again, err := Discover(ctx, cs, "team-a", "vc1")
+	if err != nil || again.Workload.PausedReplicas == nil || *again.Workload.PausedReplicas != 1 {
+		t.Fatalf("rediscovered: %+v %v", again.Workload, err)
+	}
+	if prior, err := Pause(ctx, cs, again); err != nil || prior != 1 {
+		t.Fatalf("second Pause: %d %v", prior, err)
+	}
+	// Resume waits for a Ready pod: the fake has no controller, so make it.
+	for _, o := range fakeVCluster(values, true) {
+		if p, ok := o.(*corev1.Pod); ok {
+			if _, err := cs.CoreV1().Pods("team-a").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := Resume(ctx, cs, again); err != nil {
+		t.Fatal(err)
+	}
+	sts, _ = cs.AppsV1().StatefulSets("team-a").Get(ctx, "vc1", metav1.GetOptions{})
+	if *sts.Spec.Replicas != 1 {
+		t.Errorf("after Resume: replicas %d, annotations %v", *sts.Spec.Replicas, sts.Annotations)
+	}
+	if _, ok := sts.Annotations[PausedReplicasAnnotation]; ok {
+		t.Errorf("the annotation survived Resume: %v", sts.Annotations)
+	}
+}
+
+func TestDecodeResult(t *testing.T) {
+	logs := "time=x level=INFO msg=hello\n{\n  \"url\": \"s3://b/k\",\n  \"manifest\": {\n    \"keys\": 3\n  }\n}\n"
+	var r struct {
+		URL      string
+		Manifest struct{ Keys int }
+	}
+	if err := DecodeResult(logs, &r); err != nil || r.URL != "s3://b/k" || r.Manifest.Keys != 3 {
+		t.Errorf("%+v %v", r, err)
+	}
+	if err := DecodeResult("only text\n", &r); err == nil {
+		t.Error("no JSON, no error")
+	}
+}
+
+// TestDiscoverDeploymentExternalDatabase: a control plane in a Deployment (no data
+// volume) on an external database; the engine gets the dataSource without its password,
+// which travels in the Secret, and runs as non-root without a volume.
+func TestDiscoverDeploymentExternalDatabase(t *testing.T) {
+	ctx := context.Background()
+	lbl := map[string]string{"app": "vcluster", "release": "vc2"}
+	one := int32(2)
+	cs := fake.NewSimpleClientset(
+		&appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "vc2-control-plane", Namespace: "ns", Labels: lbl},
+			Spec: appsv1.DeploymentSpec{Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: lbl},
+				Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "syncer", Image: "vcluster:0.20.0"}}}}},
+		},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-config-vc2", Namespace: "ns"}, Data: map[string][]byte{"config.yaml": []byte(
+			"controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        dataSource: postgres://kine:hunter2@db.example:5432/kine?sslmode=require\n")}},
+	)
+	vc, err := Discover(ctx, cs, "ns", "vc2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := vc.Datastore
+	if vc.Workload.Kind != "Deployment" || vc.Workload.Name != "vc2-control-plane" || vc.Workload.Replicas != 2 || vc.DataPVC != "" ||
+		d.Kind != KindExternalDatabase || d.OnVolume || d.Password != "hunter2" || d.SnapshotURL != "postgres://kine@db.example:5432/kine?sslmode=require" {
+		t.Fatalf("discovered %+v, datastore %+v", vc.Workload, d)
+	}
+	ej, err := vc.BuildJob(JobOptions{Operation: "restore", Image: "vcsnap:1", Args: []string{"restore", "--datastore", d.RestoreURL}, Env: map[string]string{"VCSNAP_DATASTORE_PASSWORD": d.Password}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ej.Job.Spec.Template.Spec
+	if *ps.Containers[0].SecurityContext.RunAsUser == 0 || ps.NodeName != "" || strings.Contains(strings.Join(ps.Containers[0].Args, " "), "hunter2") {
+		t.Errorf("job: user %d node %q args %v", *ps.Containers[0].SecurityContext.RunAsUser, ps.NodeName, ps.Containers[0].Args)
+	}
+	for _, v := range ps.Volumes {
+		if v.PersistentVolumeClaim != nil {
+			t.Errorf("a volume-less datastore mounts %v", v)
+		}
+	}
+}
+
+// TestDiscoverRefuses: what vcsnap cannot reach is said plainly.
+func TestDiscoverRefuses(t *testing.T) {
+	ctx := context.Background()
+	objs := fakeVCluster("controlPlane: {}\n", true)
+	// No config Secret.
+	cs := fake.NewSimpleClientset(objs[0], objs[2], objs[3])
+	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "vc-config-vc1") {
+		t.Errorf("without the config Secret: %v", err)
+	}
+	// A ReadWriteOncePod data volume cannot be mounted by a second pod.
+	pvc := objs[2].(*corev1.PersistentVolumeClaim).DeepCopy()
+	pvc.Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOncePod}
+	cs = fake.NewSimpleClientset(objs[0], objs[1], pvc, objs[3])
+	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "ReadWriteOncePod") {
+		t.Errorf("ReadWriteOncePod: %v", err)
+	}
+	// SQLite without persistence: nothing to mount.
+	sts := objs[0].(*appsv1.StatefulSet).DeepCopy()
+	sts.Spec.VolumeClaimTemplates = nil
+	cs = fake.NewSimpleClientset(sts, objs[1], objs[3])
+	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "persistence") {
+		t.Errorf("no data volume: %v", err)
+	}
+}
