@@ -332,6 +332,8 @@ type byNameRestore struct {
 	// pointInTime: STORE_URL is a prefix of snapshot-watch chains, which the engine
 	// resolves and verifies before it writes.
 	pointInTime bool
+	// target, when set, restores onto another host, namespace or name (--target-*).
+	target *restoreTarget
 }
 
 // RestoreByNameResult is the outcome of a restore by name.
@@ -394,6 +396,15 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	if m != nil && m.Source.VClusterName != "" && (m.Source.VClusterName != vc.Name || m.Source.VClusterNamespace != vc.Namespace) {
 		slog.Warn("the bundle was taken of another virtual cluster", "bundle", m.Source.VClusterNamespace+"/"+m.Source.VClusterName, "target", vc.Namespace+"/"+vc.Name)
+	}
+
+	if b.target != nil {
+		extra, desc, err := b.target.engineArgs(ctx, cs, vc, m)
+		if err != nil {
+			return err
+		}
+		p.step("%s", desc)
+		b.EngineArgs = append(b.EngineArgs, extra...)
 	}
 
 	// 2. The engine Job, built before the pause so that a mistake stops nothing.

@@ -214,6 +214,11 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 		t.Errorf("the safety backup holds %d keys of a %q datastore; want the replaced state", safety.Manifest.Keys, safety.Manifest.Source.Datastore)
 	}
 	sw.lap("compare + safety backup")
+
+	// The same bundle onto another namespace, name and service range (checked once).
+	if backing == rig.VClusterSQLite {
+		restoreOntoAnotherName(t, r, vc, store, before, sw)
+	}
 }
 
 func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,
