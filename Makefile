@@ -52,7 +52,7 @@ reliability: setup
 	set -o pipefail; VCSNAP_RELIABILITY=1 VCSNAP_RELIABILITY_OUT=$(CURDIR)/out/reliability-rows.txt \
 		$(GO) test -count=1 -timeout 90m -v -run 'TestNoLeaks|TestEtcdTLSVerified|TestFaults|TestCrash|TestCorruptBundles|TestConsistencyUnderLoad' ./test/reliability/ \
 		| grep -E '^(=== RUN|--- |RELIABILITY|PASS|FAIL|ok|\s+\S+_test\.go)' | grep -v '^=== RUN.*/'
-	@{ echo "| suite | trials | result |"; echo "|---|---|---|"; cat out/reliability-rows.txt; } > out/reliability.md
+	@{ echo "| suite | test | trials | result |"; echo "|---|---|---|---|"; cat out/reliability-rows.txt; } > out/reliability.md
 	@cat out/reliability.md
 
 # Benchmarks against the peers' methods on the same data; results in test/bench/results/.

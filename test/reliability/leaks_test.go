@@ -94,6 +94,7 @@ func TestNoLeaks(t *testing.T) {
 		return p
 	}
 	secretValue := randomToken("LEAKCHECK-secret-value-")
+	valuesPassword := randomToken("LEAKCHECK-values-db-password-")
 	wrongPassword := randomToken("LEAKCHECK-wrong-password-")
 	passphrase := randomToken("LEAKCHECK-passphrase-")
 	wrongPassphrase := randomToken("LEAKCHECK-wrong-passphrase-")
@@ -104,7 +105,7 @@ func TestNoLeaks(t *testing.T) {
 		"database password": pg.Password, "Secret value": secretValue, "wrong database password": wrongPassword,
 		"passphrase": passphrase, "wrong passphrase": wrongPassphrase,
 		"age identity": id.String(), "other age identity": other.String(), "second age identity": second.String(),
-		"S3 secret key": m.SecretKey,
+		"S3 secret key": m.SecretKey, "database password in the vcluster values": valuesPassword,
 	}}
 
 	// A Secret and a few ordinary keys, written through kine into PostgreSQL.
@@ -126,6 +127,8 @@ func TestNoLeaks(t *testing.T) {
 	otherIDFile := write("other.txt", other.String()+"\n")
 	passFile := write("passphrase", passphrase+"\n")
 	wrongPassFile := write("wrong-passphrase", wrongPassphrase+"\n")
+	// vcluster's values as a user keeps them: the external database's dataSource, password inline.
+	valuesFile := write("values.yaml", "controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        dataSource: postgres://kine:"+valuesPassword+"@db:5432/vc1\n")
 	recipientsFile := write("recipients", "# team keys\n"+second.Recipient().String()+"\n")
 	pgURL := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", pg.User, net.JoinHostPort(pg.Host, strconv.Itoa(pg.Port)), pg.Database)
 	pgURLWithPassword := pg.DataSource()
@@ -138,7 +141,7 @@ func TestNoLeaks(t *testing.T) {
 	}
 
 	// Create: recipients (one, then two), a passphrase into MinIO, and one plain bundle.
-	run(0, "snapshot", "create", "--datastore", pgURL, "--datastore-password-file", pwFile,
+	run(0, "snapshot", "create", "--datastore", pgURL, "--datastore-password-file", pwFile, "--vcluster-values-file", valuesFile,
 		"--encrypt-recipient", id.Recipient().String(), file("one"))
 	run(0, "--log-format", "json", "snapshot", "create", "--datastore", pgURL, "--datastore-password-file", pwFile,
 		"--encrypt-recipient", id.Recipient().String(), "--encrypt-recipients-file", recipientsFile, file("two"))

@@ -89,7 +89,7 @@ func report(t *testing.T, suite string, trials int, outcome string) {
 		if t.Failed() {
 			return
 		}
-		line := fmt.Sprintf("| %s | %d | %s |", suite, trials, outcome)
+		line := fmt.Sprintf("| %s | `%s` | %d | %s |", suite, t.Name(), trials, outcome)
 		fmt.Println("RELIABILITY " + line)
 		if out := os.Getenv("VCSNAP_RELIABILITY_OUT"); out != "" {
 			reportMu.Lock()
