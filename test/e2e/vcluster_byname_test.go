@@ -211,6 +211,8 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 		t.Errorf("the safety backup holds %d keys of a %q datastore; want the replaced state", safety.Manifest.Keys, safety.Manifest.Source.Datastore)
 	}
 	sw.lap("compare + safety backup")
+
+	byNameVolumes(t, r, vc, kube, sw)
 }
 
 func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,
