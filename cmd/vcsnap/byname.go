@@ -493,6 +493,12 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 		defer rcancel()
 		return vcluster.Resume(rctx, cs, vc)
 	}
+	// The volumes' checks (names free, classes and namespace there) before anything stops.
+	if b.vol.include {
+		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vols, vc.Namespace, vc.Name, b.vol, true, func(string) {}); err != nil {
+			return fmt.Errorf("%w; nothing was paused or restored", err)
+		}
+	}
 	if _, err := vcluster.Pause(ctx, cs, vc); err != nil {
 		if rerr := resume(); rerr != nil {
 			return fmt.Errorf("%w; resuming failed too: %v", err, rerr)

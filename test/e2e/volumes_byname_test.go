@@ -145,10 +145,10 @@ func byNameVolumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []stri
 	noSnapshotObjects("after the restore")
 	vc.WaitReady(t, time.Minute)
 
-	// Again: the PVCs exist now, so the restore is refused before the datastore is
-	// touched, and the virtual cluster runs again.
+	// Again: the PVCs exist now, so the restore is refused before the virtual
+	// cluster is paused.
 	res = cli.run(t, append(append([]string{"restore", vc.Name}, withVolumes...), store)...)
-	if res.Code != 5 || !strings.Contains(res.Stderr, "--replace-volumes") {
+	if res.Code != 5 || !strings.Contains(res.Stderr, "--replace-volumes") || !strings.Contains(res.Stderr, "nothing was paused") {
 		t.Fatalf("restore over existing PVCs: %s; want exit 5 naming --replace-volumes", res)
 	}
 	vc.WaitReady(t, time.Minute)
