@@ -173,18 +173,20 @@ func (e *engineError) Unwrap() error { return e.err }
 
 // runEngine runs the Job and relays its log.
 func (a *app) runEngine(ctx context.Context, cs kubernetes.Interface, ej *vcluster.EngineJob, out any) (*vcluster.JobResult, error) {
-	res, err := vcluster.RunJob(ctx, cs, ej)
-	if res != nil && res.Logs != "" {
-		logs := res.Logs
-		if i := strings.LastIndex(logs, "\n{\n"); i >= 0 {
-			logs = logs[:i+1] // the JSON result is printed by this command
-		} else if strings.HasPrefix(logs, "{\n") {
-			logs = ""
+	// The engine's log lines (its progress every few seconds, warnings) appear here as
+	// they come; its JSON result on stdout is this command's output instead.
+	relayed := 0
+	ej.OnLog = func(line string) {
+		if strings.HasPrefix(line, "time=") {
+			relayed++
+			fmt.Fprintf(a.stderr, "engine: %s\n", line)
 		}
-		for _, l := range strings.Split(strings.TrimRight(logs, "\n"), "\n") {
-			if l != "" && err == nil {
-				slog.Debug("engine: " + l)
-			}
+	}
+	res, err := vcluster.RunJob(ctx, cs, ej)
+	if relayed == 0 && res != nil && err == nil {
+		// The pod ended before its log could be followed: relay it now.
+		for _, l := range strings.Split(res.Logs, "\n") {
+			ej.OnLog(l)
 		}
 	}
 	if err != nil {
@@ -257,7 +259,7 @@ func (a *app) createByName(ctx context.Context, b *byNameCreate, o snapshot.Crea
 
 	// What the engine records, with secrets in files or the environment.
 	files := engineFiles{}
-	args := []string{"-o", "json", "-q", "--log-level", a.logLevel, "snapshot", "create",
+	args := []string{"-o", "json", "--log-level", a.logLevel, "snapshot", "create",
 		"--datastore", vc.Datastore.SnapshotURL,
 		"--vcluster-name", vc.Name, "--vcluster-namespace", vc.Namespace}
 	for flag, v := range map[string]string{
@@ -357,6 +359,8 @@ type byNameRestore struct {
 	// pointInTime: STORE_URL is a prefix of snapshot-watch chains, which the engine
 	// resolves and verifies before it writes.
 	pointInTime bool
+	// target, when set, restores onto another host, namespace or name (--target-*).
+	target *restoreTarget
 }
 
 // RestoreByNameResult is the outcome of a restore by name.
@@ -425,14 +429,19 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	if b.vol.include && m == nil {
 		return usageError{errors.New("--include-volumes restores the volumes of one bundle; a point in time (--to-time, --to-revision) has none: restore the volumes from the chain's full bundle")}
 	}
-	vols, err := b.vol.mapped(m)
-	if err != nil {
-		return err
+
+	if b.target != nil {
+		extra, desc, err := b.target.engineArgs(ctx, cs, vc, m)
+		if err != nil {
+			return err
+		}
+		p.step("%s", desc)
+		b.EngineArgs = append(b.EngineArgs, extra...)
 	}
 
 	// 2. The engine Job, built before the pause so that a mistake stops nothing.
 	files := engineFiles{}
-	args := []string{"-o", "json", "-q", "--log-level", a.logLevel, "restore", "--force", "--datastore", vc.Datastore.RestoreURL}
+	args := []string{"-o", "json", "--log-level", a.logLevel, "restore", "--force", "--datastore", vc.Datastore.RestoreURL}
 	if noSafety {
 		args = append(args, "--no-safety-backup")
 	}
@@ -477,7 +486,7 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 		vc.Workload.Kind, vc.Namespace, vc.Workload.Name, vcluster.PausedReplicasAnnotation, prior)
 	step := func(s string) { p.step("%s", s) }
 	if b.kf.dryRun && b.vol.include {
-		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vols, vc.Namespace, vc.Name, b.vol, true, step); err != nil {
+		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vc.Namespace, vc.Name, b.vol, true, step); err != nil {
 			return err
 		}
 	}
@@ -495,7 +504,7 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	// The volumes' checks (names free, classes and namespace there) before anything stops.
 	if b.vol.include {
-		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vols, vc.Namespace, vc.Name, b.vol, true, func(string) {}); err != nil {
+		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vc.Namespace, vc.Name, b.vol, true, func(string) {}); err != nil {
 			return fmt.Errorf("%w; nothing was paused or restored", err)
 		}
 	}
@@ -507,7 +516,7 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	// The volumes before the datastore: a volume that cannot come back stops the
 	// restore before the datastore is touched.
-	restoredVols, err := restoreVolumes(ctx, b.kf.cfg, m, vols, vc.Namespace, vc.Name, b.vol, false, step)
+	restoredVols, err := restoreVolumes(ctx, b.kf.cfg, m, vc.Namespace, vc.Name, b.vol, false, step)
 	if err != nil {
 		err = fmt.Errorf("restore of the volumes of %s/%s failed; the datastore was not touched: %w", vc.Namespace, vc.Name, err)
 		if rerr := resume(); rerr != nil {

@@ -338,6 +338,7 @@ func (a *app) restoreCommand() *cobra.Command {
 	var byName byNameRestore
 	var toTime string
 	var tf translateFlags
+	var tg targetFlags
 	cmd := &cobra.Command{
 		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
 		Short: "Restore a bundle into a virtual cluster or a datastore",
@@ -356,6 +357,8 @@ cluster back with: vcsnap resume NAME -n NAMESPACE.
 With --datastore, stop the virtual control plane first.`,
 		Example: `  vcsnap restore vc1 -n team-a s3://backups/vc1/nightly-20261121T020000Z?region=eu-west-1
   vcsnap restore vc1 -n team-a --dry-run s3://backups/vc1/nightly-20261121T020000Z
+  vcsnap restore vc1 -n team-a --target-kubeconfig eu-west.kubeconfig --target-namespace team-b \
+    --target-name vc2 s3://backups/vc1/nightly-20261121T020000Z
   vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
   vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
     --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21
@@ -367,7 +370,13 @@ With --datastore, stop the virtual control plane first.`,
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
-				byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				name, err := retarget(&byName, &tg, &tf, args[0])
+				if err != nil {
+					return err
+				}
+				if byName.target == nil { // else the target's translation is worked out once it is found
+					byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				}
 				// A point in time: the engine reads the chains under the prefix.
 				if toTime != "" {
 					byName.EngineArgs = append(byName.EngineArgs, "--to-time", toTime)
@@ -383,7 +392,10 @@ With --datastore, stop the virtual control plane first.`,
 				if err := byName.vol.check(cmd.Flags()); err != nil {
 					return err
 				}
-				return a.restoreByName(cmd.Context(), &byName, o, noSafety, args[0], args[1])
+				return a.restoreByName(cmd.Context(), &byName, o, noSafety, name, args[1])
+			}
+			if tg.set() {
+				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
 			}
 			if byName.vol.include {
 				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
@@ -474,6 +486,7 @@ With --datastore, stop the virtual control plane first.`,
 	byName.kf.add(f, true)
 	byName.vol.addRestore(f)
 	addTranslateFlags(f, &tf)
+	addTargetFlags(f, &tg)
 	return cmd
 }
 

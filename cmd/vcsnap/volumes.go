@@ -13,7 +13,6 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
-	"github.com/vcsnap/vcsnap/volumecopy"
 	"github.com/vcsnap/vcsnap/volumes"
 )
 
@@ -24,7 +23,7 @@ type volumeFlags struct {
 	replace      bool
 	timeout      time.Duration
 	storageClass string
-	handleMap    string
+	handleMap    string // --volume-handle-map FILE (restore)
 }
 
 func (v *volumeFlags) addCreate(f *pflag.FlagSet) {
@@ -38,7 +37,7 @@ func (v *volumeFlags) addRestore(f *pflag.FlagSet) {
 	f.BoolVar(&v.replace, "replace-volumes", false, "with --include-volumes: delete existing PVCs of the same names first (their data is lost); without it they are refused")
 	f.DurationVar(&v.timeout, "volume-timeout", volumes.DefaultTimeout, "with --include-volumes: how long to wait for the restored snapshots to be ready and the PVCs to bind")
 	f.StringVar(&v.storageClass, "volume-storage-class", "", "with --include-volumes: storage class for every restored PVC (default the recorded one)")
-	f.StringVar(&v.handleMap, "volume-handle-map", "", "with --include-volumes: JSON or YAML file mapping the bundle's snapshot handles to new ones (snapshots copied to this region or account by other means)")
+	addVolumeHandleMapFlag(f, &v.handleMap)
 }
 
 // check refuses volume flags given without --include-volumes.
@@ -96,36 +95,25 @@ func discardVolumes(ctx context.Context, cfg *rest.Config, vols []bundle.Volume,
 	}
 }
 
-// mapped is the bundle's volume records with --volume-handle-map applied.
-func (v *volumeFlags) mapped(m *bundle.Manifest) ([]bundle.Volume, error) {
-	if !v.include || m == nil {
-		return nil, nil
-	}
-	if v.handleMap == "" {
-		return m.Volumes, nil
-	}
-	hm, err := volumecopy.LoadHandleMap(v.handleMap)
-	if err != nil {
-		return nil, usageError{err}
-	}
-	return volumecopy.MapHandles(m.Volumes, hm, "")
-}
-
-// restoreVolumes re-creates vols (the bundle's records, handles mapped) for the
-// virtual cluster targetName in targetNamespace, renamed from the bundle's when
-// they differ.
-func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, vols []bundle.Volume, targetNamespace, targetName string, v volumeFlags, dryRun bool, step func(string)) ([]volumes.Restored, error) {
+// restoreVolumes re-creates the bundle's volumes (handles mapped through
+// --volume-handle-map) for the virtual cluster targetName in targetNamespace,
+// renamed from the bundle's when they differ.
+func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, targetNamespace, targetName string, v volumeFlags, dryRun bool, step func(string)) ([]volumes.Restored, error) {
 	if !v.include {
 		if m != nil && len(m.Volumes) > 0 {
 			slog.Info("the bundle holds volume snapshots; pass --include-volumes to restore them", "volumes", len(m.Volumes))
 		}
 		return nil, nil
 	}
-	if len(vols) == 0 {
+	if m == nil || len(m.Volumes) == 0 {
 		slog.Warn("--include-volumes: the bundle holds no volume snapshots")
 		return nil, nil
 	}
 	c, err := volumes.NewClients(cfg)
+	if err != nil {
+		return nil, err
+	}
+	vols, err := mapVolumeHandles(v.handleMap, m.Volumes, step)
 	if err != nil {
 		return nil, err
 	}
