@@ -20,6 +20,7 @@ type volumeFlags struct {
 	replace      bool
 	timeout      time.Duration
 	storageClass string
+	handleMap    string // --volume-handle-map FILE (restore)
 }
 
 func (v *volumeFlags) addCreate(f *pflag.FlagSet) {
@@ -33,6 +34,7 @@ func (v *volumeFlags) addRestore(f *pflag.FlagSet) {
 	f.BoolVar(&v.replace, "replace-volumes", false, "with --include-volumes: delete existing PVCs of the same names first (their data is lost); without it they are refused")
 	f.DurationVar(&v.timeout, "volume-timeout", volumes.DefaultTimeout, "with --include-volumes: how long to wait for the restored snapshots to be ready and the PVCs to bind")
 	f.StringVar(&v.storageClass, "volume-storage-class", "", "with --include-volumes: storage class for every restored PVC (default the recorded one)")
+	addVolumeHandleMapFlag(f, &v.handleMap)
 }
 
 // check refuses volume flags given without --include-volumes.
@@ -40,7 +42,7 @@ func (v *volumeFlags) check(f *pflag.FlagSet) error {
 	if v.include {
 		return nil
 	}
-	for _, name := range []string{"allow-partial", "replace-volumes", "volume-timeout", "volume-storage-class"} {
+	for _, name := range []string{"allow-partial", "replace-volumes", "volume-timeout", "volume-storage-class", "volume-handle-map"} {
 		if fl := f.Lookup(name); fl != nil && fl.Changed {
 			return usageError{fmt.Errorf("--%s needs --include-volumes", name)}
 		}
@@ -107,11 +109,15 @@ func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, t
 	if err != nil {
 		return nil, err
 	}
+	vols, err := mapVolumeHandles(v.handleMap, m.Volumes, step)
+	if err != nil {
+		return nil, err
+	}
 	source := m.Source.VClusterName
 	if source == "" {
 		source = targetName // not recorded: the names stay as they are
 	}
-	return volumes.Restore(ctx, c, m.Volumes, volumes.RestoreOptions{
+	return volumes.Restore(ctx, c, vols, volumes.RestoreOptions{
 		SourceName: source, TargetName: targetName, TargetNamespace: targetNamespace,
 		StorageClass: v.storageClass, Force: v.replace, Timeout: v.timeout, DryRun: dryRun, Print: step,
 	})
