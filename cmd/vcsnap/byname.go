@@ -169,18 +169,20 @@ func (e *engineError) Unwrap() error { return e.err }
 
 // runEngine runs the Job and relays its log.
 func (a *app) runEngine(ctx context.Context, cs kubernetes.Interface, ej *vcluster.EngineJob, out any) (*vcluster.JobResult, error) {
-	res, err := vcluster.RunJob(ctx, cs, ej)
-	if res != nil && res.Logs != "" {
-		logs := res.Logs
-		if i := strings.LastIndex(logs, "\n{\n"); i >= 0 {
-			logs = logs[:i+1] // the JSON result is printed by this command
-		} else if strings.HasPrefix(logs, "{\n") {
-			logs = ""
+	// The engine's log lines (its progress every few seconds, warnings) appear here as
+	// they come; its JSON result on stdout is this command's output instead.
+	relayed := 0
+	ej.OnLog = func(line string) {
+		if strings.HasPrefix(line, "time=") {
+			relayed++
+			fmt.Fprintf(a.stderr, "engine: %s\n", line)
 		}
-		for _, l := range strings.Split(strings.TrimRight(logs, "\n"), "\n") {
-			if l != "" && err == nil {
-				slog.Debug("engine: " + l)
-			}
+	}
+	res, err := vcluster.RunJob(ctx, cs, ej)
+	if relayed == 0 && res != nil && err == nil {
+		// The pod ended before its log could be followed: relay it now.
+		for _, l := range strings.Split(res.Logs, "\n") {
+			ej.OnLog(l)
 		}
 	}
 	if err != nil {
@@ -235,7 +237,7 @@ func (a *app) createByName(ctx context.Context, b *byNameCreate, o snapshot.Crea
 
 	// What the engine records, with secrets in files or the environment.
 	files := engineFiles{}
-	args := []string{"-o", "json", "-q", "--log-level", a.logLevel, "snapshot", "create",
+	args := []string{"-o", "json", "--log-level", a.logLevel, "snapshot", "create",
 		"--datastore", vc.Datastore.SnapshotURL,
 		"--vcluster-name", vc.Name, "--vcluster-namespace", vc.Namespace}
 	for flag, v := range map[string]string{
@@ -407,7 +409,7 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 
 	// 2. The engine Job, built before the pause so that a mistake stops nothing.
 	files := engineFiles{}
-	args := []string{"-o", "json", "-q", "--log-level", a.logLevel, "restore", "--force", "--datastore", vc.Datastore.RestoreURL}
+	args := []string{"-o", "json", "--log-level", a.logLevel, "restore", "--force", "--datastore", vc.Datastore.RestoreURL}
 	if noSafety {
 		args = append(args, "--no-safety-backup")
 	}
