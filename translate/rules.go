@@ -147,6 +147,9 @@ func (r *Rules) Validate() error {
 	if r.Prefix == "" {
 		r.Prefix = DefaultPrefix
 	}
+	if !strings.HasSuffix(r.Prefix, "/") {
+		r.Prefix += "/"
+	}
 	return nil
 }
 
@@ -162,7 +165,12 @@ func (r *Rules) Apply(kv *bundle.KeyValue) (keep bool, err error) {
 	}
 	key := string(kv.Key)
 	if strings.HasPrefix(key, MappingsPrefix) {
-		return true, r.mapping(kv)
+		if err := r.mapping(kv); err != nil {
+			// vcluster rebuilds a mapping it cannot read from the objects' annotations
+			r.stats.Undecodable++
+			slog.Warn("translate: not one of vcluster's name mappings; restored unchanged", "key", key, "err", err)
+		}
+		return true, nil
 	}
 	rest, ok := strings.CutPrefix(key, r.Prefix)
 	if !ok {
@@ -398,22 +406,22 @@ func (r *Rules) mapping(kv *bundle.KeyValue) error {
 	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(kv.Value, &m); err != nil {
-		return fmt.Errorf("translate %s: not one of vcluster's name mappings: %w", kv.Key, err)
+		return err
 	}
 	changed, err := r.nameMapping(m)
 	if err != nil {
-		return fmt.Errorf("translate %s: %w", kv.Key, err)
+		return err
 	}
 	if raw, ok := m["references"]; ok && string(raw) != "null" {
 		var refs []map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &refs); err != nil {
-			return fmt.Errorf("translate %s: references: %w", kv.Key, err)
+			return fmt.Errorf("references: %w", err)
 		}
 		refsChanged := false
 		for _, ref := range refs {
 			c, err := r.nameMapping(ref)
 			if err != nil {
-				return fmt.Errorf("translate %s: reference: %w", kv.Key, err)
+				return fmt.Errorf("reference: %w", err)
 			}
 			refsChanged = refsChanged || c
 		}

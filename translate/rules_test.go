@@ -125,8 +125,9 @@ func TestHostNamesInMappings(t *testing.T) {
 	if r.Stats().HostNames != 6 { // every case: the reference changes too
 		t.Fatalf("stats %+v: want 6 host names changed", r.Stats())
 	}
-	if _, err := r.Apply(&bundle.KeyValue{Key: []byte("/vcluster/mappings/v1/x/y"), Value: []byte("not json")}); err == nil {
-		t.Fatal("a mapping that is not JSON was accepted")
+	// A value that is not a mapping is kept as it is, and counted.
+	if keep, got := apply(t, r, "/vcluster/mappings/v1/x/y", []byte("not json")); !keep || string(got) != "not json" || r.Stats().Undecodable != 1 {
+		t.Fatalf("a mapping that is not JSON: kept %v, %q, stats %+v", keep, got, r.Stats())
 	}
 }
 
@@ -366,6 +367,14 @@ func TestValidate(t *testing.T) {
 	}
 	if err := (&Rules{ServiceCIDR: "10.0.0.0/12, fd00::/108"}).Validate(); err != nil {
 		t.Fatal(err)
+	}
+	// A custom --etcd-prefix, with or without its slash.
+	custom := &Rules{DropNodes: true, Prefix: "/k3s"}
+	if keep, _ := apply(t, custom, "/k3s/minions/n1", []byte("x")); keep {
+		t.Fatal("a Node under a custom prefix was kept")
+	}
+	if keep, _ := apply(t, custom, "/registry/minions/n1", []byte("x")); !keep {
+		t.Fatal("a key outside the custom prefix was dropped")
 	}
 }
 

@@ -1,6 +1,7 @@
 package vcluster
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -62,6 +63,9 @@ type JobOptions struct {
 type EngineJob struct {
 	Job    *batchv1.Job
 	Secret *corev1.Secret
+	// OnLog, when set, receives the engine's log lines as it writes them (its
+	// progress), while RunJob waits.
+	OnLog func(line string)
 }
 
 // BuildJob builds the engine Job for vc: vcsnap's image in the virtual cluster's
@@ -264,6 +268,8 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 	}
 	slog.Info("started vcsnap's engine Job", "job", ns+"/"+created.Name, "image", ej.Job.Spec.Template.Spec.Containers[0].Image)
 	sel := "batch.kubernetes.io/controller-uid=" + string(created.UID)
+	follow := &logFollower{cs: cs, ns: ns, fn: ej.OnLog}
+	defer follow.stop()
 	var stuck string
 	var stuckSince time.Time
 	err = wait.PollUntilContextCancel(ctx, pollInterval, true, func(ctx context.Context) (bool, error) {
@@ -288,6 +294,9 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 			return false, nil
 		}
 		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				follow.start(ctx, p.Name)
+			}
 			for _, st := range p.Status.ContainerStatuses {
 				w := st.State.Waiting
 				if w != nil && fatalWaiting[w.Reason] {
@@ -411,4 +420,124 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// FinishOrphans handles engine Jobs of vc that an interrupted vcsnap left behind (the
+// CLI was killed while its Job ran): it waits until each has finished, so that nothing
+// resumes the control plane while an engine still writes its datastore, reads how it
+// ended, and deletes it with its pod and temporary Secret.
+func FinishOrphans(ctx context.Context, cs kubernetes.Interface, vc *VCluster) ([]JobResult, error) {
+	sel := EngineLabels(vc.Name)
+	jobs, err := cs.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labelsString(sel)})
+	if err != nil {
+		return nil, fmt.Errorf("list vcsnap's engine Jobs in %s: %w", vc.Namespace, err)
+	}
+	var out []JobResult
+	for _, j := range jobs.Items {
+		res := JobResult{Job: j.Name}
+		start := time.Now()
+		logged := false
+		err := wait.PollUntilContextCancel(ctx, pollInterval, true, func(ctx context.Context) (bool, error) {
+			cur, err := cs.BatchV1().Jobs(vc.Namespace).Get(ctx, j.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return true, nil
+			}
+			if err != nil {
+				return false, nil
+			}
+			for _, c := range cur.Status.Conditions {
+				if c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) {
+					res.Succeeded = c.Type == batchv1.JobComplete
+					return true, nil
+				}
+			}
+			if !logged {
+				slog.Info("an engine Job of an interrupted vcsnap run is still running; waiting until it finishes", "job", vc.Namespace+"/"+j.Name)
+				logged = true
+			}
+			return false, nil
+		})
+		if err != nil {
+			return out, fmt.Errorf("wait for the engine Job %s/%s: %w", vc.Namespace, j.Name, err)
+		}
+		res.Duration = time.Since(start)
+		readPodLog(ctx, cs, vc.Namespace, "job-name="+j.Name, &res)
+		ej := &EngineJob{Job: &j}
+		if _, err := cs.CoreV1().Secrets(vc.Namespace).Get(ctx, j.Name+"-env", metav1.GetOptions{}); err == nil {
+			ej.Secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: j.Name + "-env", Namespace: vc.Namespace}}
+		}
+		deleteJob(ctx, cs, ej)
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func labelsString(m map[string]string) string {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+// ActiveEngineJobs names the engine Jobs of vc that are still running (another vcsnap
+// run, or one an interrupted run left).
+func ActiveEngineJobs(ctx context.Context, cs kubernetes.Interface, vc *VCluster) ([]string, error) {
+	jobs, err := cs.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labelsString(EngineLabels(vc.Name))})
+	if err != nil {
+		return nil, fmt.Errorf("list vcsnap's engine Jobs in %s: %w", vc.Namespace, err)
+	}
+	var active []string
+	for _, j := range jobs.Items {
+		done := false
+		for _, c := range j.Status.Conditions {
+			if c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) {
+				done = true
+			}
+		}
+		if !done {
+			active = append(active, j.Name)
+		}
+	}
+	return active, nil
+}
+
+// logFollower relays a running engine pod's log lines as they come; RunJob still reads
+// the whole log once the pod has ended, which is what the result is taken from.
+type logFollower struct {
+	cs      kubernetes.Interface
+	ns      string
+	fn      func(string)
+	started bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func (f *logFollower) start(ctx context.Context, pod string) {
+	if f.fn == nil || f.started {
+		return
+	}
+	f.started = true
+	ctx, f.cancel = context.WithCancel(ctx)
+	f.done = make(chan struct{})
+	go func() {
+		defer close(f.done)
+		rc, err := f.cs.CoreV1().Pods(f.ns).GetLogs(pod, &corev1.PodLogOptions{Container: "vcsnap", Follow: true}).Stream(ctx)
+		if err != nil {
+			return // the final read reports the log
+		}
+		defer rc.Close()
+		sc := bufio.NewScanner(rc)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			f.fn(sc.Text())
+		}
+	}()
+}
+
+func (f *logFollower) stop() {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
 }

@@ -201,3 +201,68 @@ func TestDecodeResult(t *testing.T) {
 		t.Error("no JSON, no error")
 	}
 }
+
+// TestDiscoverDeploymentExternalDatabase: a control plane in a Deployment (no data
+// volume) on an external database; the engine gets the dataSource without its password,
+// which travels in the Secret, and runs as non-root without a volume.
+func TestDiscoverDeploymentExternalDatabase(t *testing.T) {
+	ctx := context.Background()
+	lbl := map[string]string{"app": "vcluster", "release": "vc2"}
+	one := int32(2)
+	cs := fake.NewSimpleClientset(
+		&appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "vc2-control-plane", Namespace: "ns", Labels: lbl},
+			Spec: appsv1.DeploymentSpec{Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: lbl},
+				Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "syncer", Image: "vcluster:0.20.0"}}}}},
+		},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-config-vc2", Namespace: "ns"}, Data: map[string][]byte{"config.yaml": []byte(
+			"controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        dataSource: postgres://kine:hunter2@db.example:5432/kine?sslmode=require\n")}},
+	)
+	vc, err := Discover(ctx, cs, "ns", "vc2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := vc.Datastore
+	if vc.Workload.Kind != "Deployment" || vc.Workload.Name != "vc2-control-plane" || vc.Workload.Replicas != 2 || vc.DataPVC != "" ||
+		d.Kind != KindExternalDatabase || d.OnVolume || d.Password != "hunter2" || d.SnapshotURL != "postgres://kine@db.example:5432/kine?sslmode=require" {
+		t.Fatalf("discovered %+v, datastore %+v", vc.Workload, d)
+	}
+	ej, err := vc.BuildJob(JobOptions{Operation: "restore", Image: "vcsnap:1", Args: []string{"restore", "--datastore", d.RestoreURL}, Env: map[string]string{"VCSNAP_DATASTORE_PASSWORD": d.Password}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ej.Job.Spec.Template.Spec
+	if *ps.Containers[0].SecurityContext.RunAsUser == 0 || ps.NodeName != "" || strings.Contains(strings.Join(ps.Containers[0].Args, " "), "hunter2") {
+		t.Errorf("job: user %d node %q args %v", *ps.Containers[0].SecurityContext.RunAsUser, ps.NodeName, ps.Containers[0].Args)
+	}
+	for _, v := range ps.Volumes {
+		if v.PersistentVolumeClaim != nil {
+			t.Errorf("a volume-less datastore mounts %v", v)
+		}
+	}
+}
+
+// TestDiscoverRefuses: what vcsnap cannot reach is said plainly.
+func TestDiscoverRefuses(t *testing.T) {
+	ctx := context.Background()
+	objs := fakeVCluster("controlPlane: {}\n", true)
+	// No config Secret.
+	cs := fake.NewSimpleClientset(objs[0], objs[2], objs[3])
+	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "vc-config-vc1") {
+		t.Errorf("without the config Secret: %v", err)
+	}
+	// A ReadWriteOncePod data volume cannot be mounted by a second pod.
+	pvc := objs[2].(*corev1.PersistentVolumeClaim).DeepCopy()
+	pvc.Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOncePod}
+	cs = fake.NewSimpleClientset(objs[0], objs[1], pvc, objs[3])
+	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "ReadWriteOncePod") {
+		t.Errorf("ReadWriteOncePod: %v", err)
+	}
+	// SQLite without persistence: nothing to mount.
+	sts := objs[0].(*appsv1.StatefulSet).DeepCopy()
+	sts.Spec.VolumeClaimTemplates = nil
+	cs = fake.NewSimpleClientset(sts, objs[1], objs[3])
+	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "persistence") {
+		t.Errorf("no data volume: %v", err)
+	}
+}

@@ -62,7 +62,13 @@ reads that datastore itself.`,
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
+				if err := byName.vol.check(cmd.Flags()); err != nil {
+					return err
+				}
 				return a.createByName(cmd.Context(), &byName, o, args[0], expandTime(args[1], time.Now()))
+			}
+			if byName.vol.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap finds its PVCs on the host")}
 			}
 			if byName.kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -122,6 +128,7 @@ reads that datastore itself.`,
 	f.StringVar(&volumesFile, "volumes-file", "", "JSON list of CSI volume snapshot records to write into the manifest")
 	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
 	byName.kf.add(f, true)
+	byName.vol.addCreate(f)
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -339,6 +346,7 @@ func (a *app) restoreCommand() *cobra.Command {
 	var byName byNameRestore
 	var toTime string
 	var tf translateFlags
+	var tg targetFlags
 	cmd := &cobra.Command{
 		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
 		Short: "Restore a bundle into a virtual cluster or a datastore",
@@ -357,6 +365,8 @@ cluster back with: vcsnap resume NAME -n NAMESPACE.
 With --datastore, stop the virtual control plane first.`,
 		Example: `  vcsnap restore vc1 -n team-a s3://backups/vc1/nightly-20261121T020000Z?region=eu-west-1
   vcsnap restore vc1 -n team-a --dry-run s3://backups/vc1/nightly-20261121T020000Z
+  vcsnap restore vc1 -n team-a --target-kubeconfig eu-west.kubeconfig --target-namespace team-b \
+    --target-name vc2 s3://backups/vc1/nightly-20261121T020000Z
   vcsnap restore --datastore etcd://127.0.0.1:2379 file:///backups/vc1-2026-11-21
   vcsnap restore --datastore sqlite:///data/state.db --translate-namespace team-a=team-b \
     --translate-name vc1=vc2 --target-service-cidr 10.128.0.0/12 file:///backups/vc1-2026-11-21
@@ -368,7 +378,13 @@ With --datastore, stop the virtual control plane first.`,
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
-				byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				name, err := retarget(&byName, &tg, &tf, args[0])
+				if err != nil {
+					return err
+				}
+				if byName.target == nil { // else the target's translation is worked out once it is found
+					byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
+				}
 				// A point in time: the engine reads the chains under the prefix.
 				if toTime != "" {
 					byName.EngineArgs = append(byName.EngineArgs, "--to-time", toTime)
@@ -381,7 +397,16 @@ With --datastore, stop the virtual control plane first.`,
 				if o.UpToLastGood {
 					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
 				}
-				return a.restoreByName(cmd.Context(), &byName, o, noSafety, args[0], args[1])
+				if err := byName.vol.check(cmd.Flags()); err != nil {
+					return err
+				}
+				return a.restoreByName(cmd.Context(), &byName, o, noSafety, name, args[1])
+			}
+			if tg.set() {
+				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
+			}
+			if byName.vol.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
 			}
 			if byName.kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -467,7 +492,9 @@ With --datastore, stop the virtual control plane first.`,
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
 	byName.kf.add(f, true)
+	byName.vol.addRestore(f)
 	addTranslateFlags(f, &tf)
+	addTargetFlags(f, &tg)
 	return cmd
 }
 

@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vcsnap/vcsnap/storage"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,9 +26,22 @@ var version = "dev"
 // and the default GOGC would let the heap grow to twice that between collections.
 const memoryLimit = 40 << 20
 
+// memoryLimitFor adds what an S3 upload holds on top: up to concurrency+1 parts of the
+// default size (a URL that raises part-size or concurrency can exceed it; the limit is
+// soft, the collector then only runs more often). Below its live heap the collector would
+// run without pause.
+func memoryLimitFor(args []string) int64 {
+	for _, a := range args {
+		if strings.HasPrefix(a, "s3://") {
+			return memoryLimit + storage.DefaultPartSize*(storage.DefaultConcurrency+1)
+		}
+	}
+	return memoryLimit
+}
+
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(memoryLimit)
+		debug.SetMemoryLimit(memoryLimitFor(os.Args[1:]))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)

@@ -113,3 +113,17 @@ func TestCLIRestoreTranslate(t *testing.T) {
 		t.Fatalf("restore --new-host: %+v", r)
 	}
 }
+
+// TestCLIRestoreTargetUsage: --target-* belong to a restore by NAME and do their own
+// translation; misuse is a usage error before anything is contacted.
+func TestCLIRestoreTargetUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"restore", "vc1", "-n", "a", "--target-name", "vc2", "--translate-name", "vc1=vc3", "s3://b/k"},
+		{"restore", "vc1", "-n", "a", "--target-context", "other", "s3://b/k"},
+		{"restore", "--datastore", "etcd://127.0.0.1:1", "--target-namespace", "b", "file:///tmp/x"},
+	} {
+		if r := vcsnap(t, nil, args...); r.code != exitUsage || !strings.Contains(r.stderr, "--target") {
+			t.Errorf("%v: %+v, want a usage error", args, r)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +34,54 @@ type Row struct {
 	MBPerSec   float64 `json:"mbPerSecond"` // MB of value bytes per second
 	OutBytes   int64   `json:"outputBytes,omitempty"`
 	PeakRSSMiB float64 `json:"peakRssMiB,omitempty"`
+	// CPU seconds (user+sys) of the measured process, and of the datastore server it
+	// talks to (etcd, kine, PostgreSQL with its exited backends) over the same interval:
+	// on a shared machine they say more than the wall time.
+	CPUSeconds       float64 `json:"cpuSeconds,omitempty"`
+	ServerCPUSeconds float64 `json:"serverCpuSeconds,omitempty"`
+}
+
+// sample is one measurement.
+type sample struct {
+	d           time.Duration
+	rss, cpu    float64
+	server      float64
+	hasServerNo bool
+}
+
+// then adds a second step run after the first (etcdctl save, then zstd).
+func (s sample) then(o sample) sample {
+	return sample{d: s.d + o.d, rss: max(s.rss, o.rss), cpu: s.cpu + o.cpu, server: s.server + o.server}
+}
+
+// serverCPU returns a function giving the CPU seconds the processes used since the call,
+// their reaped children included (PostgreSQL's backends).
+func serverCPU(t *testing.T, procs ...*rig.Process) func() float64 {
+	read := func() float64 {
+		var sum float64
+		for _, p := range procs {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Fields after the command name (which may hold spaces): utime is the 14th field.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+			for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+				v, _ := strconv.ParseFloat(f[i], 64)
+				sum += v
+			}
+		}
+		return sum / 100 // clock ticks (USER_HZ)
+	}
+	start := read()
+	return func() float64 { return read() - start }
+}
+
+// selfCPU is this process's user+sys CPU time, for the baselines run in-process.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 func TestBenchmarks(t *testing.T) {
@@ -77,16 +126,19 @@ func buildVcsnap(t *testing.T) string {
 // run runs a command and returns its wall time and peak RSS. The RSS comes from
 // /usr/bin/time: a child exec'd straight from this process would report this process's
 // resident pages at fork time as its own peak.
-func run(t *testing.T, env []string, name string, args ...string) (time.Duration, float64) {
+// servers are the datastore processes whose CPU time is measured with it.
+func run(t *testing.T, env []string, servers []*rig.Process, name string, args ...string) sample {
 	t.Helper()
 	rssFile := filepath.Join(t.TempDir(), "rss")
-	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rssFile, name}, args...)...)
+	server := serverCPU(t, servers...)
+	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M %U %S", "-o", rssFile, name}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
 	err := cmd.Run()
 	d := time.Since(start)
+	srv := server()
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out.String())
 	}
@@ -94,11 +146,11 @@ func run(t *testing.T, env []string, name string, args ...string) (time.Duration
 	if err != nil {
 		t.Fatal(err)
 	}
-	kib, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-	if err != nil {
-		t.Fatalf("peak RSS from /usr/bin/time: %q", b)
+	var kib, user, sys float64
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%f %f %f", &kib, &user, &sys); err != nil {
+		t.Fatalf("peak RSS and CPU from /usr/bin/time: %q", b)
 	}
-	return d, kib / 1024
+	return sample{d: d, rss: kib / 1024, cpu: user + sys, server: srv}
 }
 
 // dataset describes what was generated.
@@ -212,53 +264,55 @@ func benchEtcd(t *testing.T, bin string, n int, minio *rig.MinIO) []Row {
 	dir := t.TempDir()
 	srcURL := "etcd://" + strings.TrimPrefix(src.Endpoint, "http://")
 	mb := float64(ds.valueBytes) / 1e6
-	row := func(op, method string, d time.Duration, out int64, rss float64) Row {
-		s := d.Seconds()
-		return Row{Keys: ds.keys, Operation: op, Method: method, Seconds: s, KeysPerSec: float64(ds.keys) / s, MBPerSec: mb / s, OutBytes: out, PeakRSSMiB: rss}
+	row := func(op, method string, m sample, out int64) Row {
+		s := m.d.Seconds()
+		return Row{Keys: ds.keys, Operation: op, Method: method, Seconds: s, KeysPerSec: float64(ds.keys) / s, MBPerSec: mb / s,
+			OutBytes: out, PeakRSSMiB: m.rss, CPUSeconds: m.cpu, ServerCPUSeconds: m.server}
 	}
 	var rows []Row
+	srcP := []*rig.Process{src.Process}
 
 	bundle := filepath.Join(dir, "snap")
-	d, rss := run(t, nil, bin, "snapshot", "create", "-q", "--datastore", srcURL, "file://"+bundle)
-	rows = append(rows, row("snapshot create (file)", "vcsnap", d, fileSize(t, bundle), rss))
+	m := run(t, nil, srcP, bin, "snapshot", "create", "-q", "--datastore", srcURL, "file://"+bundle)
+	rows = append(rows, row("snapshot create (file)", "vcsnap", m, fileSize(t, bundle)))
 
 	db := filepath.Join(dir, "etcd.db")
-	d, rss = run(t, nil, rig.Tool(t, "etcdctl"), "--endpoints", src.Endpoint, "snapshot", "save", db)
-	rows = append(rows, row("snapshot create (file)", "etcdctl snapshot save (no compression)", d, fileSize(t, db), rss))
-	d2, _ := run(t, nil, "zstd", "-q", "-3", "-f", db, "-o", db+".zst")
-	rows = append(rows, row("snapshot create (file)", "etcdctl snapshot save + zstd -3", d+d2, fileSize(t, db+".zst"), rss))
+	m = run(t, nil, srcP, rig.Tool(t, "etcdctl"), "--endpoints", src.Endpoint, "snapshot", "save", db)
+	rows = append(rows, row("snapshot create (file)", "etcdctl snapshot save (no compression)", m, fileSize(t, db)))
+	m = m.then(run(t, nil, nil, "zstd", "-q", "-3", "-f", db, "-o", db+".zst"))
+	rows = append(rows, row("snapshot create (file)", "etcdctl snapshot save + zstd -3", m, fileSize(t, db+".zst")))
 
 	// The same to MinIO: vcsnap takes S3 credentials only from the environment.
 	s3env := []string{"AWS_ACCESS_KEY_ID=" + minio.AccessKey, "AWS_SECRET_ACCESS_KEY=" + minio.SecretKey,
 		"AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null"}
 	s3url := fmt.Sprintf("s3://bench/snap-%d?endpoint=%s&force-path-style=true&region=%s", n, minio.Endpoint, minio.Region)
-	d, rss = run(t, s3env, bin, "snapshot", "create", "-q", "--datastore", srcURL, s3url)
-	rows = append(rows, row("snapshot create (MinIO)", "vcsnap", d, 0, rss))
+	m = run(t, s3env, srcP, bin, "snapshot", "create", "-q", "--datastore", srcURL, s3url)
+	rows = append(rows, row("snapshot create (MinIO)", "vcsnap", m, 0))
 
-	d, rss = run(t, nil, bin, "snapshot", "verify", "-q", "file://"+bundle)
-	rows = append(rows, row("snapshot verify", "vcsnap", d, 0, rss))
+	m = run(t, nil, nil, bin, "snapshot", "verify", "-q", "file://"+bundle)
+	rows = append(rows, row("snapshot verify", "vcsnap", m, 0))
 	if n > fullMaxKeys {
 		return rows
 	}
 
 	dst := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
 	dstURL := "etcd://" + strings.TrimPrefix(dst.Endpoint, "http://")
-	d, rss = run(t, nil, bin, "restore", "-q", "--datastore", dstURL, "file://"+bundle)
-	rows = append(rows, row("restore (etcd API)", "vcsnap", d, 0, rss))
+	m = run(t, nil, []*rig.Process{dst.Process}, bin, "restore", "-q", "--datastore", dstURL, "file://"+bundle)
+	rows = append(rows, row("restore (etcd API)", "vcsnap", m, 0))
 
 	edir := filepath.Join(dir, "etcd-dir")
 	if err := os.Mkdir(edir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d, rss = run(t, nil, bin, "restore", "-q", "--datastore", "etcd-dir://"+filepath.Join(edir, "etcd"), "file://"+bundle)
-	rows = append(rows, row("restore (offline data dir)", "vcsnap", d, 0, rss))
-	d, rss = run(t, nil, rig.Tool(t, "etcdutl"), "snapshot", "restore", db, "--data-dir", filepath.Join(dir, "restored"),
+	m = run(t, nil, nil, bin, "restore", "-q", "--datastore", "etcd-dir://"+filepath.Join(edir, "etcd"), "file://"+bundle)
+	rows = append(rows, row("restore (offline data dir)", "vcsnap", m, 0))
+	m = run(t, nil, nil, rig.Tool(t, "etcdutl"), "snapshot", "restore", db, "--data-dir", filepath.Join(dir, "restored"),
 		"--bump-revision", "1000000", "--mark-compacted")
-	rows = append(rows, row("restore (offline data dir)", "etcdutl snapshot restore", d, 0, rss))
+	rows = append(rows, row("restore (offline data dir)", "etcdutl snapshot restore", m, 0))
 
 	seq := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
-	d = putPerKey(t, cli, seq.Client(t))
-	rows = append(rows, row("restore (etcd API)", "one Put per key, sequential (vcluster's method)", d, 0, 0))
+	m = putPerKey(t, cli, seq)
+	rows = append(rows, row("restore (etcd API)", "one Put per key, sequential (vcluster's method)", m, 0))
 	seq.Stop()
 	dst.Stop()
 	src.Stop()
@@ -267,53 +321,53 @@ func benchEtcd(t *testing.T, bin string, n int, minio *rig.MinIO) []Row {
 
 // benchKine measures kine's SQL datastores, filled from the etcd run's bundle (vcsnap's
 // restore into them is measured too), with history and deletions written through kine.
-func benchKine(t *testing.T, bin, bundle string, row func(op, method string, d time.Duration, out int64, rss float64) Row) []Row {
+func benchKine(t *testing.T, bin, bundle string, row func(op, method string, m sample, out int64) Row) []Row {
 	dir := t.TempDir()
 	var rows []Row
 	state := filepath.Join(dir, "kine", "state.db")
 	if err := os.MkdirAll(filepath.Dir(state), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d, rss := run(t, nil, bin, "restore", "-q", "--datastore", "sqlite://"+state, "file://"+bundle)
-	rows = append(rows, row("restore (kine SQLite)", "vcsnap", d, 0, rss))
+	m := run(t, nil, nil, bin, "restore", "-q", "--datastore", "sqlite://"+state, "file://"+bundle)
+	rows = append(rows, row("restore (kine SQLite)", "vcsnap", m, 0))
 	k := rig.StartKine(t, rig.SQLiteDSN(state))
 	kineHistory(t, k.Endpoint)
 	k.Stop()
 	from := "sqlite://" + state
 
 	out := filepath.Join(dir, "snap-sqlite")
-	d, rss = run(t, nil, bin, "snapshot", "create", "-q", "--datastore", from, "file://"+out)
-	rows = append(rows, row("snapshot create (file) from kine SQLite", "vcsnap", d, fileSize(t, out), rss))
+	m = run(t, nil, nil, bin, "snapshot", "create", "-q", "--datastore", from, "file://"+out)
+	rows = append(rows, row("snapshot create (file) from kine SQLite", "vcsnap", m, fileSize(t, out)))
 	backup := filepath.Join(dir, "backup.db")
-	d, rss = run(t, nil, "sqlite3", state, ".backup "+backup)
-	rows = append(rows, row("snapshot create (file) from kine SQLite", "sqlite3 .backup (no compression)", d, fileSize(t, backup), rss))
-	d2, _ := run(t, nil, "zstd", "-q", "-3", "-f", backup, "-o", backup+".zst")
-	rows = append(rows, row("snapshot create (file) from kine SQLite", "sqlite3 .backup + zstd -3", d+d2, fileSize(t, backup+".zst"), rss))
+	m = run(t, nil, nil, "sqlite3", state, ".backup "+backup)
+	rows = append(rows, row("snapshot create (file) from kine SQLite", "sqlite3 .backup (no compression)", m, fileSize(t, backup)))
+	m = m.then(run(t, nil, nil, "zstd", "-q", "-3", "-f", backup, "-o", backup+".zst"))
+	rows = append(rows, row("snapshot create (file) from kine SQLite", "sqlite3 .backup + zstd -3", m, fileSize(t, backup+".zst")))
 
 	etcd := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
-	d, rss = run(t, nil, bin, "migrate", "-q", "--from", from, "--to", "etcd://"+strings.TrimPrefix(etcd.Endpoint, "http://"))
-	rows = append(rows, row("migrate SQLite -> etcd (running)", "vcsnap", d, 0, rss))
+	m = run(t, nil, []*rig.Process{etcd.Process}, bin, "migrate", "-q", "--from", from, "--to", "etcd://"+strings.TrimPrefix(etcd.Endpoint, "http://"))
+	rows = append(rows, row("migrate SQLite -> etcd (running)", "vcsnap", m, 0))
 	etcd.Stop()
 	mdir := filepath.Join(dir, "migrated")
 	if err := os.Mkdir(mdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d, rss = run(t, nil, bin, "migrate", "-q", "--from", from, "--to", "etcd-dir://"+filepath.Join(mdir, "etcd"))
-	rows = append(rows, row("migrate SQLite -> etcd (data dir)", "vcsnap", d, 0, rss))
-	d = k3sMigration(t, state)
-	rows = append(rows, row("migrate SQLite -> etcd (running)", "k3s's method: one List through kine, one Put per key", d, 0, 0))
+	m = run(t, nil, nil, bin, "migrate", "-q", "--from", from, "--to", "etcd-dir://"+filepath.Join(mdir, "etcd"))
+	rows = append(rows, row("migrate SQLite -> etcd (data dir)", "vcsnap", m, 0))
+	m = k3sMigration(t, state)
+	rows = append(rows, row("migrate SQLite -> etcd (running)", "k3s's method: one List through kine, one Put per key", m, 0))
 
 	pg := rig.StartPostgres(t)
 	pgURL := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", pg.User, net.JoinHostPort(pg.Host, strconv.Itoa(pg.Port)), pg.Database)
 	pgEnv := []string{"VCSNAP_DATASTORE_PASSWORD=" + pg.Password}
-	d, rss = run(t, pgEnv, bin, "restore", "-q", "--datastore", pgURL, "file://"+bundle)
-	rows = append(rows, row("restore (kine PostgreSQL)", "vcsnap", d, 0, rss))
+	m = run(t, pgEnv, []*rig.Process{pg.Process}, bin, "restore", "-q", "--datastore", pgURL, "file://"+bundle)
+	rows = append(rows, row("restore (kine PostgreSQL)", "vcsnap", m, 0))
 	k = rig.StartKine(t, pg.KineDSN())
 	kineHistory(t, k.Endpoint)
 	k.Stop()
 	out = filepath.Join(dir, "snap-pg")
-	d, rss = run(t, pgEnv, bin, "snapshot", "create", "-q", "--datastore", pgURL, "file://"+out)
-	rows = append(rows, row("snapshot create (file) from kine PostgreSQL", "vcsnap", d, fileSize(t, out), rss))
+	m = run(t, pgEnv, []*rig.Process{pg.Process}, bin, "snapshot", "create", "-q", "--datastore", pgURL, "file://"+out)
+	rows = append(rows, row("snapshot create (file) from kine PostgreSQL", "vcsnap", m, fileSize(t, out)))
 	pg.Stop()
 	return rows
 }
@@ -352,13 +406,14 @@ func kineHistory(t *testing.T, endpoint string) {
 // k3sMigration re-creates k3s's SQLite -> etcd migration (pkg/etcd): kine serves the
 // SQLite file, one unpaged List reads every key, and each is written with its own Put
 // into a fresh etcd, one after another.
-func k3sMigration(t *testing.T, state string) time.Duration {
+func k3sMigration(t *testing.T, state string) sample {
 	ctx := context.Background()
 	k := rig.StartKine(t, rig.SQLiteDSN(state))
 	defer k.Stop()
 	etcd := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
 	defer etcd.Stop()
 	from, to := rig.EtcdClient(t, k.Endpoint, nil), etcd.Client(t)
+	server, cpu0 := serverCPU(t, k.Process, etcd.Process), selfCPU()
 	start := time.Now()
 	resp, err := from.Get(ctx, "/registry/", clientv3.WithPrefix())
 	if err != nil {
@@ -369,23 +424,25 @@ func k3sMigration(t *testing.T, state string) time.Duration {
 			t.Fatal(err)
 		}
 	}
-	return time.Since(start)
+	return sample{d: time.Since(start), cpu: selfCPU() - cpu0, server: server()}
 }
 
 // putPerKey re-creates vcluster's restore: one write per key, one after another.
-func putPerKey(t *testing.T, from, to *clientv3.Client) time.Duration {
+func putPerKey(t *testing.T, from *clientv3.Client, target *rig.Etcd) sample {
 	ctx := context.Background()
 	resp, err := from.Get(ctx, "/registry/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
+	to := target.Client(t)
+	server, cpu0 := serverCPU(t, target.Process), selfCPU()
 	start := time.Now()
 	for _, kv := range resp.Kvs {
 		if _, err := to.Put(ctx, string(kv.Key), string(kv.Value)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return time.Since(start)
+	return sample{d: time.Since(start), cpu: selfCPU() - cpu0, server: server()}
 }
 
 func fileSize(t *testing.T, p string) int64 {
@@ -398,16 +455,20 @@ func fileSize(t *testing.T, p string) int64 {
 
 func writeResults(t *testing.T, rows []Row) {
 	var md strings.Builder
-	fmt.Fprintf(&md, "| keys | operation | method | seconds | keys/s | MB/s (values) | output | peak RSS |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&md, "| keys | operation | method | seconds | CPU s | server CPU s | keys/s | MB/s (values) | output | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		out, rss := "", ""
+		out, rss, srv := "", "", ""
 		if r.OutBytes > 0 {
 			out = fmt.Sprintf("%.1f MB", float64(r.OutBytes)/1e6)
 		}
 		if r.PeakRSSMiB > 0 {
 			rss = fmt.Sprintf("%.0f MiB", r.PeakRSSMiB)
 		}
-		fmt.Fprintf(&md, "| %d | %s | %s | %.2f | %.0f | %.1f | %s | %s |\n", r.Keys, r.Operation, r.Method, r.Seconds, r.KeysPerSec, r.MBPerSec, out, rss)
+		if r.ServerCPUSeconds > 0 {
+			srv = fmt.Sprintf("%.2f", r.ServerCPUSeconds)
+		}
+		fmt.Fprintf(&md, "| %d | %s | %s | %.2f | %.2f | %s | %.0f | %.1f | %s | %s |\n", r.Keys, r.Operation, r.Method, r.Seconds,
+			r.CPUSeconds, srv, r.KeysPerSec, r.MBPerSec, out, rss)
 	}
 	md.WriteString(ratios(rows))
 	dir := "results"
@@ -432,7 +493,7 @@ func ratios(rows []Row) string {
 		return nil
 	}
 	var b strings.Builder
-	b.WriteString("\n| keys | comparison | vcsnap | baseline | ratio | target |\n|---|---|---|---|---|---|\n")
+	b.WriteString("\n| keys | comparison | vcsnap | baseline | ratio | ratio of CPU (client + server) | target |\n|---|---|---|---|---|---|---|\n")
 	seen := map[int]bool{}
 	for _, r := range rows {
 		if seen[r.Keys] {
@@ -446,11 +507,15 @@ func ratios(rows []Row) string {
 				return
 			}
 			if size {
-				fmt.Fprintf(&b, "| %d | %s | %.1f MB | %.1f MB | %.2fx | %s |\n", n, what, float64(v.OutBytes)/1e6, float64(bl.OutBytes)/1e6,
+				fmt.Fprintf(&b, "| %d | %s | %.1f MB | %.1f MB | %.2fx | | %s |\n", n, what, float64(v.OutBytes)/1e6, float64(bl.OutBytes)/1e6,
 					float64(bl.OutBytes)/float64(v.OutBytes), target)
 				return
 			}
-			fmt.Fprintf(&b, "| %d | %s | %.2f s | %.2f s | %.2fx | %s |\n", n, what, v.Seconds, bl.Seconds, bl.Seconds/v.Seconds, target)
+			cpu := ""
+			if vc, bc := v.CPUSeconds+v.ServerCPUSeconds, bl.CPUSeconds+bl.ServerCPUSeconds; vc > 0 && bc > 0 {
+				cpu = fmt.Sprintf("%.2fx (%.2f s vs %.2f s)", bc/vc, vc, bc)
+			}
+			fmt.Fprintf(&b, "| %d | %s | %.2f s | %.2f s | %.2fx | %s | %s |\n", n, what, v.Seconds, bl.Seconds, bl.Seconds/v.Seconds, cpu, target)
 		}
 		const create = "snapshot create (file)"
 		cmp("snapshot vs etcdctl snapshot save", create, "vcsnap", create, "etcdctl snapshot save (no", ">= 1x", false)
@@ -467,7 +532,7 @@ func ratios(rows []Row) string {
 				peak, which = x.PeakRSSMiB, x.Operation
 			}
 		}
-		fmt.Fprintf(&b, "| %d | highest peak RSS of a vcsnap run | %.0f MiB (%s) | | | <= 100 MiB |\n", n, peak, which)
+		fmt.Fprintf(&b, "| %d | highest peak RSS of a vcsnap run | %.0f MiB (%s) | | | | <= 100 MiB |\n", n, peak, which)
 	}
 	return b.String()
 }

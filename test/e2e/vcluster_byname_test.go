@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"net/url"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -176,18 +178,31 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 		sw.lap("failed restore resumes")
 	}
 
-	// The restore.
+	// The restore; on embedded etcd the CLI is killed while its engine Job runs, and
+	// `vcsnap resume` lets the Job finish and brings the virtual cluster back.
 	var restored struct {
 		Restore *restore.Result `json:"restore"`
 	}
-	cli.mustJSON(t, &restored, append(append([]string{"restore", vc.Name}, kube...), store)...)
-	sw.lap("restore by name")
+	if backing == rig.VClusterEtcd {
+		killedRestoreResumes(t, r, vc, hostCS, kube, store)
+		sw.lap("killed restore + resume")
+	} else {
+		res := cli.mustJSON(t, &restored, append(append([]string{"restore", vc.Name}, kube...), store)...)
+		if !strings.Contains(res.Stderr, "engine: ") || !strings.Contains(res.Stderr, "saved the target's current keys") {
+			t.Fatalf("the engine's log did not come back to the CLI:\n%s", res)
+		}
+		sw.lap("restore by name")
+	}
 	running("after the restore")
 	noTemporaries("after the restore")
 	vc.WaitReady(t, time.Minute) // the pod (and its IP) is new
 	after := rig.DumpAll(t, vc.RESTConfig(t))
 	if diff := rig.DiffDumps(before, after); diff != "" {
 		t.Fatalf("the restored virtual cluster serves other objects than the snapshot's:\n%s", diff)
+	}
+	if backing == rig.VClusterEtcd {
+		sw.lap("compare")
+		return
 	}
 	rr := restored.Restore
 	if rr == nil || rr.Revision <= rr.PreviousRevision || rr.SafetyBackup == "" {
@@ -199,6 +214,13 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 		t.Errorf("the safety backup holds %d keys of a %q datastore; want the replaced state", safety.Manifest.Keys, safety.Manifest.Source.Datastore)
 	}
 	sw.lap("compare + safety backup")
+
+	// The same bundle onto another namespace, name and service range (checked once).
+	if backing == rig.VClusterSQLite {
+		restoreOntoAnotherName(t, r, vc, store, before, sw)
+	}
+
+	byNameVolumes(t, r, vc, kube, sw)
 }
 
 func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,
@@ -211,5 +233,49 @@ func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube
 	noTemporaries("after the failed restore")
 	if diff := rig.DiffDumps(mutated, rig.DumpAll(t, vc.RESTConfig(t))); diff != "" {
 		t.Fatalf("the failed restore changed the virtual cluster:\n%s", diff)
+	}
+}
+
+// killedRestoreResumes kills `vcsnap restore NAME` once its engine Job exists (the
+// virtual cluster is paused then), and runs the documented `vcsnap resume NAME -n NS`.
+func killedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, hostCS kubernetes.Interface, kube []string, store string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vcsnapBin, append(append([]string{"restore", vc.Name}, kube...), store)...)
+	cmd.Env = r.cli.env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sel := labels.Set{vcluster.LabelVCluster: vc.Name, vcluster.LabelOperation: "restore"}.String()
+	var job string
+	for job == "" {
+		jobs, err := hostCS.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs.Items) > 0 {
+			job = jobs.Items[0].Name
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no restore Job appeared; vcsnap said:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling for the Job, not timing
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	sts, err := hostCS.AppsV1().StatefulSets(vc.Namespace).Get(ctx, vc.StatefulSet, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sts.Annotations[vcluster.PausedReplicasAnnotation] != "1" || *sts.Spec.Replicas != 0 {
+		t.Fatalf("killed while Job %s ran: replicas %d, annotations %v; want paused with 1 recorded", job, *sts.Spec.Replicas, sts.Annotations)
+	}
+	t.Logf("killed vcsnap restore while its Job %s existed; the virtual cluster is paused", job)
+	res := r.cli.run(t, "resume", vc.Name, "--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", vc.Namespace)
+	if res.Code != 0 || !strings.Contains(res.Stderr, "engine Job had finished its work") {
+		t.Fatalf("resume: %s; want the orphaned Job waited for and resumed", res)
 	}
 }
