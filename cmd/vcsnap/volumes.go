@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -92,16 +95,17 @@ func discardVolumes(ctx context.Context, cfg *rest.Config, vols []bundle.Volume,
 	}
 }
 
-// restoreVolumes re-creates the bundle's volumes for the virtual cluster
-// targetName in targetNamespace (renamed from source when they differ).
+// restoreVolumes re-creates the bundle's volumes (handles mapped through
+// --volume-handle-map) for the virtual cluster targetName in targetNamespace,
+// renamed from the bundle's when they differ.
 func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, targetNamespace, targetName string, v volumeFlags, dryRun bool, step func(string)) ([]volumes.Restored, error) {
 	if !v.include {
-		if len(m.Volumes) > 0 {
+		if m != nil && len(m.Volumes) > 0 {
 			slog.Info("the bundle holds volume snapshots; pass --include-volumes to restore them", "volumes", len(m.Volumes))
 		}
 		return nil, nil
 	}
-	if len(m.Volumes) == 0 {
+	if m == nil || len(m.Volumes) == 0 {
 		slog.Warn("--include-volumes: the bundle holds no volume snapshots")
 		return nil, nil
 	}
@@ -121,4 +125,21 @@ func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, t
 		SourceName: source, TargetName: targetName, TargetNamespace: targetNamespace,
 		StorageClass: v.storageClass, Force: v.replace, Timeout: v.timeout, DryRun: dryRun, Print: step,
 	})
+}
+
+// removeRestoredVolumes deletes the PVCs a restore created when its datastore
+// restore then failed, so the virtual cluster resumes on what it had. A PVC that
+// replaced an existing one (--replace-volumes) stays: the old one is gone.
+func removeRestoredVolumes(ctx context.Context, cs kubernetes.Interface, restored []volumes.Restored) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	for _, r := range restored {
+		if r.Replaced {
+			slog.Warn("the datastore restore failed; this volume keeps the bundle's data (it replaced the old PVC)", "pvc", r.Namespace+"/"+r.PVC)
+			continue
+		}
+		if err := cs.CoreV1().PersistentVolumeClaims(r.Namespace).Delete(ctx, r.PVC, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			slog.Warn("could not remove a volume of the failed restore", "pvc", r.Namespace+"/"+r.PVC, "error", err)
+		}
+	}
 }

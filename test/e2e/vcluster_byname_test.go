@@ -219,6 +219,8 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 	if backing == rig.VClusterSQLite {
 		restoreOntoAnotherName(t, r, vc, store, before, sw)
 	}
+
+	byNameVolumes(t, r, vc, kube, sw)
 }
 
 func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,
