@@ -6,7 +6,7 @@ GO      ?= go
 # Test timeout per package; the whole run stays well under CI's limit.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: build demo test test-short setup tools vet fmt fuzz clean bench
+.PHONY: build demo test test-short setup tools vet fmt fuzz clean bench reliability
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vcsnap ./cmd/vcsnap
@@ -42,6 +42,18 @@ fuzz:
 
 clean:
 	rm -rf bin out
+
+# The reliability suites (test/reliability) at the counts published in RELIABILITY.md:
+# 50 SIGKILL trials per kind, 1,000 corrupt bundles, 20 fault trials per link, 3 load runs.
+# `make test` runs the same suites with reduced counts. The table lands in
+# out/reliability.md; VCSNAP_RELIABILITY_SEED replays another seed.
+reliability: setup
+	@mkdir -p out && rm -f out/reliability-rows.txt
+	set -o pipefail; VCSNAP_RELIABILITY=1 VCSNAP_RELIABILITY_OUT=$(CURDIR)/out/reliability-rows.txt \
+		$(GO) test -count=1 -timeout 90m -v -run 'TestNoLeaks|TestEtcdTLSVerified|TestFaults|TestCrash|TestCorruptBundles|TestConsistencyUnderLoad' ./test/reliability/ \
+		| grep -E '^(=== RUN|--- |RELIABILITY|PASS|FAIL|ok|\s+\S+_test\.go)' | grep -v '^=== RUN.*/'
+	@{ echo "| suite | trials | result |"; echo "|---|---|---|"; cat out/reliability-rows.txt; } > out/reliability.md
+	@cat out/reliability.md
 
 # Benchmarks against the peers' methods on the same data; results in test/bench/results/.
 BENCH_KEYS ?= 10000,100000

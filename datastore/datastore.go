@@ -21,6 +21,9 @@ var (
 	ErrCompacted = errors.New("revision compacted during the read")
 	// ErrRevisionGap means the target cannot be moved past the snapshot's revision cheaply.
 	ErrRevisionGap = errors.New("target revision cannot be raised far enough")
+	// ErrConnectionLost means an established connection to the datastore dropped: worth
+	// another attempt. It is an ErrUnavailable.
+	ErrConnectionLost = fmt.Errorf("%w: the connection dropped", ErrUnavailable)
 )
 
 // Emitter receives what a Source reads. The KeyValue and its slices are only valid

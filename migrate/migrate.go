@@ -28,6 +28,7 @@ import (
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 )
 
 // Options configure Migrate.
@@ -42,6 +43,9 @@ type Options struct {
 	// SafetyBackup, with Force, is a bundle URL where a non-empty target's keys are saved
 	// first.
 	SafetyBackup string
+	// Keys, when set, encrypt the safety backup so that exactly these keys open it (the
+	// public keys of the identities, or the passphrase); the undo command names them.
+	Keys encrypt.Keys
 	// BumpRevision overrides restore.DefaultBumpRevision.
 	BumpRevision int64
 	// Attempts bounds retries when compaction overtakes the source's read; zero means 3.
@@ -128,7 +132,7 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 		return nil, err
 	}
 	res.PreviousRevision, res.PreviousKeys = state.Revision, state.Keys
-	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions}
+	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions, Keys: o.Keys}
 	abort := guard.Abort
 	if o.Force && state.Keys != 0 {
 		if o.SafetyBackup != "" {

@@ -38,8 +38,20 @@ func (g *Guard) Save(ctx context.Context, store string) error {
 		return fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
 	}
 	g.Saved = sb.URL
-	slog.Info("saved the target's current keys before replacing them", "bundle", g.Saved, "keys", sb.Manifest.Keys)
+	// Said before the first write, so that even a run killed outright (SIGKILL, OOM, a
+	// lost node) leaves the one command that brings the old keys back in its log.
+	slog.Info("saved the target's current keys before replacing them; if this "+g.Op+" is interrupted, bring them back with the undo command",
+		"bundle", g.Saved, "keys", sb.Manifest.Keys, "undo", g.UndoCommand())
 	return nil
+}
+
+// UndoCommand is the command that puts the saved keys back into the target ("" before
+// Save succeeded).
+func (g *Guard) UndoCommand() string {
+	if g.Saved == "" {
+		return ""
+	}
+	return fmt.Sprintf("vcsnap restore --force --datastore %s%s %s", open.Redact(g.Datastore), keyFlags(g.Keys), g.Saved)
 }
 
 // Abort undoes the partial write (see datastore.Target.Abort) and explains the outcome,
@@ -55,8 +67,7 @@ func (g *Guard) Abort(ctx context.Context, t datastore.Target, cause error) erro
 		err = fmt.Errorf("%s failed; the partial %s was undone: %w", g.Op, g.Op, cause)
 	}
 	if g.Saved != "" {
-		err = fmt.Errorf("%w; the previous keys are saved: vcsnap restore --force --datastore %s%s %s",
-			err, open.Redact(g.Datastore), keyFlags(g.Keys), g.Saved)
+		err = fmt.Errorf("%w; the previous keys are saved: %s", err, g.UndoCommand())
 	}
 	return err
 }

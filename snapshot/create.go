@@ -58,7 +58,8 @@ type CreateOptions struct {
 	// Tool names this program and version in the bundle.
 	Tool     string
 	Progress ProgressFunc
-	// Attempts bounds retries when compaction overtakes a read; zero means 3.
+	// Attempts bounds retries when compaction overtakes a read or the connection to the
+	// datastore drops; zero means 3.
 	Attempts int
 	// Chain, set by snapshot watch, is the chain id recorded in the manifest.
 	Chain string
@@ -115,8 +116,23 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 			}
 			return &CreateResult{URL: loc.Store.URL(loc.Name), Manifest: m, Size: info.Size, Duration: time.Since(start)}, nil
 		}
-		if !errors.Is(err, datastore.ErrCompacted) || attempt >= attempts || ctx.Err() != nil {
+		lost := errors.Is(err, datastore.ErrConnectionLost)
+		if !(errors.Is(err, datastore.ErrCompacted) || lost) || attempt >= attempts || ctx.Err() != nil {
+			if attempt > 1 {
+				err = fmt.Errorf("%w (after %d attempts)", err, attempt)
+			}
 			return nil, err
+		}
+		if lost {
+			// The failed attempt's upload was aborted: nothing is visible. Wait a moment
+			// for a flapping link or a restarting server, then read again from the start.
+			slog.Warn("the connection to the datastore dropped during the read; starting over", "attempt", attempt, "error", err)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(attempt) * time.Second):
+			}
+			continue
 		}
 		slog.Warn("the datastore compacted past the snapshot's revision during the read; starting over at a newer revision",
 			"attempt", attempt, "error", err)

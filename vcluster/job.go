@@ -1,6 +1,7 @@
 package vcluster
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -62,6 +63,9 @@ type JobOptions struct {
 type EngineJob struct {
 	Job    *batchv1.Job
 	Secret *corev1.Secret
+	// OnLog, when set, receives the engine's log lines as it writes them (its
+	// progress), while RunJob waits.
+	OnLog func(line string)
 }
 
 // BuildJob builds the engine Job for vc: vcsnap's image in the virtual cluster's
@@ -264,6 +268,8 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 	}
 	slog.Info("started vcsnap's engine Job", "job", ns+"/"+created.Name, "image", ej.Job.Spec.Template.Spec.Containers[0].Image)
 	sel := "batch.kubernetes.io/controller-uid=" + string(created.UID)
+	follow := &logFollower{cs: cs, ns: ns, fn: ej.OnLog}
+	defer follow.stop()
 	var stuck string
 	var stuckSince time.Time
 	err = wait.PollUntilContextCancel(ctx, pollInterval, true, func(ctx context.Context) (bool, error) {
@@ -288,6 +294,9 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 			return false, nil
 		}
 		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				follow.start(ctx, p.Name)
+			}
 			for _, st := range p.Status.ContainerStatuses {
 				w := st.State.Waiting
 				if w != nil && fatalWaiting[w.Reason] {
@@ -491,4 +500,44 @@ func ActiveEngineJobs(ctx context.Context, cs kubernetes.Interface, vc *VCluster
 		}
 	}
 	return active, nil
+}
+
+// logFollower relays a running engine pod's log lines as they come; RunJob still reads
+// the whole log once the pod has ended, which is what the result is taken from.
+type logFollower struct {
+	cs      kubernetes.Interface
+	ns      string
+	fn      func(string)
+	started bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func (f *logFollower) start(ctx context.Context, pod string) {
+	if f.fn == nil || f.started {
+		return
+	}
+	f.started = true
+	ctx, f.cancel = context.WithCancel(ctx)
+	f.done = make(chan struct{})
+	go func() {
+		defer close(f.done)
+		rc, err := f.cs.CoreV1().Pods(f.ns).GetLogs(pod, &corev1.PodLogOptions{Container: "vcsnap", Follow: true}).Stream(ctx)
+		if err != nil {
+			return // the final read reports the log
+		}
+		defer rc.Close()
+		sc := bufio.NewScanner(rc)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			f.fn(sc.Text())
+		}
+	}()
+}
+
+func (f *logFollower) stop() {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
 }

@@ -398,7 +398,7 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 
 	// Again into the same place: refused, and nothing created.
 	ropts := volumes.RestoreOptions{SourceName: "vc1", TargetName: "vc2", TargetNamespace: "vc-restored", Timeout: 2 * time.Minute}
-	if _, err := volumes.Restore(ctx, cA, vols, ropts); !errors.Is(err, volumes.ErrPVCExists) || !strings.Contains(err.Error(), "--force") {
+	if _, err := volumes.Restore(ctx, cA, vols, ropts); !errors.Is(err, volumes.ErrPVCExists) || !strings.Contains(err.Error(), "--replace-volumes") {
 		t.Fatalf("want ErrPVCExists, got %v", err)
 	}
 	noTemporaries(t, ctx, cA, "vc-restored")

@@ -62,7 +62,13 @@ reads that datastore itself.`,
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
+				if err := byName.vol.check(cmd.Flags()); err != nil {
+					return err
+				}
 				return a.createByName(cmd.Context(), &byName, o, args[0], expandTime(args[1], time.Now()))
+			}
+			if byName.vol.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap finds its PVCs on the host")}
 			}
 			if byName.kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -122,6 +128,7 @@ reads that datastore itself.`,
 	f.StringVar(&volumesFile, "volumes-file", "", "JSON list of CSI volume snapshot records to write into the manifest")
 	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
 	byName.kf.add(f, true)
+	byName.vol.addCreate(f)
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -382,10 +389,16 @@ With --datastore, stop the virtual control plane first.`,
 				if o.UpToLastGood {
 					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
 				}
+				if err := byName.vol.check(cmd.Flags()); err != nil {
+					return err
+				}
 				return a.restoreByName(cmd.Context(), &byName, o, noSafety, name, args[1])
 			}
 			if tg.set() {
 				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
+			}
+			if byName.vol.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
 			}
 			if byName.kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -471,6 +484,7 @@ With --datastore, stop the virtual control plane first.`,
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
 	byName.kf.add(f, true)
+	byName.vol.addRestore(f)
 	addTranslateFlags(f, &tf)
 	addTargetFlags(f, &tg)
 	return cmd

@@ -35,6 +35,8 @@ Datastore URLs:
                                            is that virtual cluster's embedded etcd (NAME-0)
 
 SQL passwords: --from-password-file / --to-password-file, else $VCSNAP_DATASTORE_PASSWORD.
+--identity-file or --passphrase-file encrypt the safety backup (as restore does with the
+keys of the bundle it restores); the undo command printed on failure names them.
 A password inside the URL works but is warned about and never printed.`,
 		Example: `  # vcluster's default SQLite datastore to its embedded etcd, offline (both on the PVC)
   vcsnap migrate --from sqlite:///data/state.db --to 'etcd-dir:///data/etcd?vcluster=vc1&namespace=team-a'
@@ -46,6 +48,9 @@ A password inside the URL works but is warned about and never printed.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.From == "" || o.To == "" {
 				return usageError{fmt.Errorf("--from and --to are required")}
+			}
+			if o.SafetyBackup == "" && (len(o.Keys.IdentityFiles) > 0 || o.Keys.PassphraseFile != "") {
+				return usageError{fmt.Errorf("--identity-file and --passphrase-file encrypt the safety backup: give --safety-backup STORE_URL too")}
 			}
 			progress, done := a.progress()
 			o.Progress = progress
@@ -69,6 +74,8 @@ A password inside the URL works but is warned about and never printed.`,
 	f.StringVar(&o.To, "to", "", "target datastore URL")
 	f.BoolVar(&o.Force, "force", false, "replace a non-empty target (SQLite and etcd-dir targets keep the previous files for rollback)")
 	f.StringVar(&o.SafetyBackup, "safety-backup", "", "with --force, first save the target's keys into a bundle at this store URL")
+	f.StringArrayVar(&o.Keys.IdentityFiles, "identity-file", nil, "encrypt the safety backup for this age identity's public key (AGE-SECRET-KEY-1... file; repeatable)")
+	f.StringVar(&o.Keys.PassphraseFile, "passphrase-file", "", "encrypt the safety backup with the passphrase in this file")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(source, target) revision the migrated revision ends")
 	f.Int64Var(&o.ToOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an etcd API target's revision (default 2000000)")
 	passwordFileFlag(f, "from-password-file", &o.FromOptions, "file holding the source's SQL password (default $"+open.PasswordEnv+")")

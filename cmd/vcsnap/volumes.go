@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -20,6 +23,7 @@ type volumeFlags struct {
 	replace      bool
 	timeout      time.Duration
 	storageClass string
+	handleMap    string // --volume-handle-map FILE (restore)
 }
 
 func (v *volumeFlags) addCreate(f *pflag.FlagSet) {
@@ -33,6 +37,7 @@ func (v *volumeFlags) addRestore(f *pflag.FlagSet) {
 	f.BoolVar(&v.replace, "replace-volumes", false, "with --include-volumes: delete existing PVCs of the same names first (their data is lost); without it they are refused")
 	f.DurationVar(&v.timeout, "volume-timeout", volumes.DefaultTimeout, "with --include-volumes: how long to wait for the restored snapshots to be ready and the PVCs to bind")
 	f.StringVar(&v.storageClass, "volume-storage-class", "", "with --include-volumes: storage class for every restored PVC (default the recorded one)")
+	addVolumeHandleMapFlag(f, &v.handleMap)
 }
 
 // check refuses volume flags given without --include-volumes.
@@ -40,7 +45,7 @@ func (v *volumeFlags) check(f *pflag.FlagSet) error {
 	if v.include {
 		return nil
 	}
-	for _, name := range []string{"allow-partial", "replace-volumes", "volume-timeout", "volume-storage-class"} {
+	for _, name := range []string{"allow-partial", "replace-volumes", "volume-timeout", "volume-storage-class", "volume-handle-map"} {
 		if fl := f.Lookup(name); fl != nil && fl.Changed {
 			return usageError{fmt.Errorf("--%s needs --include-volumes", name)}
 		}
@@ -90,16 +95,17 @@ func discardVolumes(ctx context.Context, cfg *rest.Config, vols []bundle.Volume,
 	}
 }
 
-// restoreVolumes re-creates the bundle's volumes for the virtual cluster
-// targetName in targetNamespace (renamed from source when they differ).
+// restoreVolumes re-creates the bundle's volumes (handles mapped through
+// --volume-handle-map) for the virtual cluster targetName in targetNamespace,
+// renamed from the bundle's when they differ.
 func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, targetNamespace, targetName string, v volumeFlags, dryRun bool, step func(string)) ([]volumes.Restored, error) {
 	if !v.include {
-		if len(m.Volumes) > 0 {
+		if m != nil && len(m.Volumes) > 0 {
 			slog.Info("the bundle holds volume snapshots; pass --include-volumes to restore them", "volumes", len(m.Volumes))
 		}
 		return nil, nil
 	}
-	if len(m.Volumes) == 0 {
+	if m == nil || len(m.Volumes) == 0 {
 		slog.Warn("--include-volumes: the bundle holds no volume snapshots")
 		return nil, nil
 	}
@@ -107,12 +113,33 @@ func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, t
 	if err != nil {
 		return nil, err
 	}
+	vols, err := mapVolumeHandles(v.handleMap, m.Volumes, step)
+	if err != nil {
+		return nil, err
+	}
 	source := m.Source.VClusterName
 	if source == "" {
 		source = targetName // not recorded: the names stay as they are
 	}
-	return volumes.Restore(ctx, c, m.Volumes, volumes.RestoreOptions{
+	return volumes.Restore(ctx, c, vols, volumes.RestoreOptions{
 		SourceName: source, TargetName: targetName, TargetNamespace: targetNamespace,
 		StorageClass: v.storageClass, Force: v.replace, Timeout: v.timeout, DryRun: dryRun, Print: step,
 	})
+}
+
+// removeRestoredVolumes deletes the PVCs a restore created when its datastore
+// restore then failed, so the virtual cluster resumes on what it had. A PVC that
+// replaced an existing one (--replace-volumes) stays: the old one is gone.
+func removeRestoredVolumes(ctx context.Context, cs kubernetes.Interface, restored []volumes.Restored) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	for _, r := range restored {
+		if r.Replaced {
+			slog.Warn("the datastore restore failed; this volume keeps the bundle's data (it replaced the old PVC)", "pvc", r.Namespace+"/"+r.PVC)
+			continue
+		}
+		if err := cs.CoreV1().PersistentVolumeClaims(r.Namespace).Delete(ctx, r.PVC, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			slog.Warn("could not remove a volume of the failed restore", "pvc", r.Namespace+"/"+r.PVC, "error", err)
+		}
+	}
 }

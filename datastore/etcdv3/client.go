@@ -114,6 +114,11 @@ func tlsConfig(q url.Values) (*tls.Config, error) {
 // dial connects and checks the endpoint answers, so a wrong address fails fast and clearly.
 // It also tells kine from etcd: kine reports no member ID.
 func dial(ctx context.Context, c Config) (cli *clientv3.Client, kine bool, err error) {
+	if c.TLS != nil {
+		if err := checkServerCertificate(ctx, c.Endpoints, c.TLS); err != nil {
+			return nil, false, err
+		}
+	}
 	cli, err = clientv3.New(clientv3.Config{
 		Endpoints:          c.Endpoints,
 		TLS:                c.TLS,
@@ -121,8 +126,9 @@ func dial(ctx context.Context, c Config) (cli *clientv3.Client, kine bool, err e
 		MaxCallSendMsgSize: 64 << 20,
 		MaxCallRecvMsgSize: 256 << 20,
 		Logger:             zap.NewNop(),
-		DialOptions:        []grpc.DialOption{grpc.WithBlock()},
-		Context:            ctx,
+		// On a timeout, say why the last attempt failed, not only "context deadline exceeded".
+		DialOptions: []grpc.DialOption{grpc.WithBlock(), grpc.WithReturnConnectionError()},
+		Context:     ctx,
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: connect to %s: %v", datastore.ErrUnavailable, strings.Join(c.Endpoints, ","), err)
@@ -143,4 +149,38 @@ func prefixRange(prefix string) (start, end string) {
 		return "\x00", "\x00"
 	}
 	return prefix, clientv3.GetPrefixRangeEnd(prefix)
+}
+
+// checkServerCertificate shakes hands with the endpoints once before gRPC does: gRPC retries
+// an untrusted certificate until its dial timeout, then reports a timeout. A certificate
+// that fails verification is refused at once, saying so and how to fix it; any other
+// failure (nothing listening yet, ...) is left to gRPC's retries.
+func checkServerCertificate(ctx context.Context, endpoints []string, tc *tls.Config) error {
+	for _, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme != "https" {
+			continue
+		}
+		cfg := tc.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		d := &tls.Dialer{Config: cfg}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := d.DialContext(dctx, "tcp", u.Host)
+		cancel()
+		if err == nil {
+			conn.Close()
+			continue
+		}
+		var verr *tls.CertificateVerificationError
+		var uerr x509.UnknownAuthorityError
+		var herr x509.HostnameError
+		var cerr x509.CertificateInvalidError
+		if errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &cerr) {
+			return fmt.Errorf("%w: the TLS certificate of %s is not trusted (%v): give the CA that signed it with cacert=FILE in the etcds:// URL (or, knowingly, insecure-skip-tls-verify=true)",
+				datastore.ErrUnavailable, ep, err)
+		}
+	}
+	return nil
 }

@@ -189,6 +189,15 @@ func classify(c Config, err error) error {
 		}
 		return fmt.Errorf("%s: %w", c.where(), err)
 	}
+	if !errors.As(err, new(*pgconn.ConnectError)) && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, mysql.ErrInvalidConn) ||
+		strings.Contains(err.Error(), "conn closed")) {
+		msg := err.Error()
+		if c.Dialect == Postgres {
+			msg = scrubConfig(msg, c)
+		}
+		return fmt.Errorf("%w: %s: %s (a network or server problem; nothing was changed by the failed step, retry)", datastore.ErrConnectionLost, c.where(), msg)
+	}
 	var ne net.Error
 	var ce *pgconn.ConnectError
 	if errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, mysql.ErrInvalidConn) {

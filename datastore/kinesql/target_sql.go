@@ -3,9 +3,12 @@ package kinesql
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
@@ -31,6 +34,9 @@ type ServerTarget struct {
 
 	tx *sql.Tx
 	w  *rowWriter
+	// commitLost is set when the link dropped during COMMIT: the server then applied the
+	// whole restore or none of it, and only reading the table tells which.
+	commitLost error
 }
 
 // OpenServerTarget connects to a MySQL or PostgreSQL database.
@@ -213,6 +219,9 @@ func (t *ServerTarget) Commit(ctx context.Context) (int64, error) {
 	err = t.tx.Commit()
 	t.tx = nil
 	if err != nil {
+		if connectionLost(err) {
+			t.commitLost = err
+		}
 		return 0, fmt.Errorf("commit: %w", classify(t.cfg, err))
 	}
 	if t.cfg.Dialect == MySQL {
@@ -230,15 +239,29 @@ func (t *ServerTarget) Commit(ctx context.Context) (int64, error) {
 
 // Abort rolls the transaction back: the table is as it was before Begin.
 func (t *ServerTarget) Abort(ctx context.Context) error {
+	if t.commitLost != nil {
+		return fmt.Errorf("the connection to %s dropped during COMMIT (%v): the database applied either the whole restore or none of it; read the table to tell which, and restore again if needed",
+			t.cfg.where(), t.commitLost)
+	}
 	if t.tx == nil {
 		return nil
 	}
 	err := t.tx.Rollback()
 	t.tx = nil
-	if errors.Is(err, sql.ErrTxDone) {
+	if errors.Is(err, sql.ErrTxDone) || (err != nil && connectionLost(err)) {
+		// A transaction never committed dies with its connection: the server rolls it
+		// back, so the table is as it was even though ROLLBACK could not be sent.
 		return nil
 	}
 	return err
+}
+
+// connectionLost reports whether err means the link to the server is gone.
+func connectionLost(err error) bool {
+	var ne net.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) ||
+		strings.Contains(err.Error(), "conn closed")
 }
 
 func isNoDatabase(err error) bool {

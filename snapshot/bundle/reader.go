@@ -181,7 +181,7 @@ func newReader(r io.Reader, opts ReaderOptions, raw bool) (*Reader, error) {
 	var body io.Reader = br.chunks
 	if br.hdr.Encryption != nil {
 		if opts.Decrypt == nil {
-			return nil, fmt.Errorf("%w: the bundle is encrypted (%s); pass the identity or passphrase to decrypt it", ErrEncrypted, br.hdr.Encryption.Scheme)
+			return nil, fmt.Errorf("%w (%s, for %d recipient(s)) and no key was given: pass its age identity (--identity-file FILE) or its passphrase (--passphrase-file FILE)", ErrEncrypted, br.hdr.Encryption.Scheme, br.hdr.Encryption.Recipients)
 		}
 		var err error
 		if body, err = opts.Decrypt(body, br.hdr.Encryption); err != nil {

@@ -187,7 +187,10 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 		killedRestoreResumes(t, r, vc, hostCS, kube, store)
 		sw.lap("killed restore + resume")
 	} else {
-		cli.mustJSON(t, &restored, append(append([]string{"restore", vc.Name}, kube...), store)...)
+		res := cli.mustJSON(t, &restored, append(append([]string{"restore", vc.Name}, kube...), store)...)
+		if !strings.Contains(res.Stderr, "engine: ") || !strings.Contains(res.Stderr, "saved the target's current keys") {
+			t.Fatalf("the engine's log did not come back to the CLI:\n%s", res)
+		}
 		sw.lap("restore by name")
 	}
 	running("after the restore")
@@ -216,6 +219,8 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 	if backing == rig.VClusterSQLite {
 		restoreOntoAnotherName(t, r, vc, store, before, sw)
 	}
+
+	byNameVolumes(t, r, vc, kube, sw)
 }
 
 func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,
