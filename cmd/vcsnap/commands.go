@@ -151,7 +151,7 @@ func (a *app) listCommand() *cobra.Command {
 			}
 			cs, orphans := snapshot.Chains(entries)
 			if chains {
-				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans) })
+				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans, false) })
 			}
 			return a.emit(entries, func() {
 				inChain := map[*snapshot.Entry]bool{}
@@ -164,10 +164,13 @@ func (a *app) listCommand() *cobra.Command {
 					}
 				}
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
+				rows := 0
 				for _, e := range entries {
 					if inChain[e] || (e.Manifest != nil && e.Manifest.Kind == bundle.KindDelta) {
 						continue
+					}
+					if rows++; rows == 1 {
+						fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
 					}
 					if e.Manifest == nil {
 						fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%s\n", e.Name, humanBytes(e.Size), e.Problem)
@@ -181,8 +184,11 @@ func (a *app) listCommand() *cobra.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, m.Created.Format(time.RFC3339), m.Kind,
 						m.Source.Datastore, m.Revision, m.Keys, humanBytes(e.Size), status)
 				}
+				if rows == 0 && len(cs) == 0 && len(orphans) == 0 {
+					fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
+				}
 				tw.Flush()
-				a.printChains(cs, orphans)
+				a.printChains(cs, orphans, rows > 0)
 			})
 		},
 	}
@@ -192,7 +198,7 @@ func (a *app) listCommand() *cobra.Command {
 
 // printChains shows each chain of snapshot watch as one line: its full bundle, how many
 // deltas continue it, and the revisions and times it covers.
-func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry) {
+func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry, gap bool) {
 	n := 0
 	for _, c := range cs {
 		if c.ID != "" {
@@ -202,7 +208,9 @@ func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry) {
 	if n == 0 && len(orphans) == 0 {
 		return
 	}
-	fmt.Fprintln(a.stdout)
+	if gap {
+		fmt.Fprintln(a.stdout)
+	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHAIN\tFULL BUNDLE\tDELTAS\tREVISIONS\tFROM\tTO\tSIZE\tSTATUS")
 	for _, c := range cs {
