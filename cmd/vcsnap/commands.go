@@ -327,17 +327,29 @@ func (a *app) verifyCommand() *cobra.Command {
 }
 
 func (a *app) deleteCommand() *cobra.Command {
-	return &cobra.Command{
+	var dv deleteVolumeFlags
+	cmd := &cobra.Command{
 		Use:   "delete URL",
-		Short: "Delete a bundle",
-		Args:  exactArgs("URL"),
+		Short: "Delete a bundle (with --include-volumes also its CSI volume snapshots)",
+		Long: `Delete removes a bundle from its store. The CSI volume snapshots a bundle records live on
+the host's storage, not in the store: --include-volumes deletes them first, through the host
+cluster (--kubeconfig, --context), and keeps the bundle if that fails.`,
+		Args: exactArgs("URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := dv.check(cmd.Flags()); err != nil {
+				return err
+			}
+			if err := a.deleteBundleVolumes(cmd.Context(), &dv, args[0]); err != nil {
+				return err
+			}
 			if err := snapshot.Delete(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			return a.emit(map[string]string{"deleted": args[0]}, func() { fmt.Fprintf(a.stdout, "Deleted %s\n", args[0]) })
 		},
 	}
+	dv.add(cmd.Flags())
+	return cmd
 }
 
 func (a *app) restoreCommand() *cobra.Command {

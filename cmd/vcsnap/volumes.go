@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/volumes"
 )
@@ -142,4 +143,59 @@ func removeRestoredVolumes(ctx context.Context, cs kubernetes.Interface, restore
 			slog.Warn("could not remove a volume of the failed restore", "pvc", r.Namespace+"/"+r.PVC, "error", err)
 		}
 	}
+}
+
+// deleteVolumeFlags are snapshot delete's flags for the bundle's volume snapshots.
+type deleteVolumeFlags struct {
+	kf      kubeFlags
+	include bool
+	timeout time.Duration
+}
+
+func (d *deleteVolumeFlags) add(f *pflag.FlagSet) {
+	f.BoolVar(&d.include, "include-volumes", false, "also delete the CSI volume snapshots the bundle records, on the host cluster (before the bundle)")
+	f.DurationVar(&d.timeout, "volume-timeout", volumes.DefaultTimeout, "with --include-volumes: how long to wait for the driver to delete them")
+	d.kf.add(f, false)
+	f.Lookup("namespace").Usage = "with --include-volumes: host namespace for the temporary VolumeSnapshots (default each volume's recorded namespace)"
+}
+
+func (d *deleteVolumeFlags) check(f *pflag.FlagSet) error {
+	if d.include {
+		return nil
+	}
+	for _, name := range []string{"volume-timeout", "kubeconfig", "context", "namespace", "timeout"} {
+		if fl := f.Lookup(name); fl != nil && fl.Changed {
+			return usageError{fmt.Errorf("--%s needs --include-volumes", name)}
+		}
+	}
+	return nil
+}
+
+// deleteBundleVolumes deletes the storage snapshots the bundle at url records.
+func (a *app) deleteBundleVolumes(ctx context.Context, d *deleteVolumeFlags, url string) error {
+	if !d.include {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.kf.timeout)
+	defer cancel()
+	e, err := snapshot.Describe(ctx, url)
+	if err != nil {
+		return err
+	}
+	if e.Manifest == nil || len(e.Manifest.Volumes) == 0 {
+		slog.Info("the bundle records no volume snapshots", "bundle", url)
+		return nil
+	}
+	namespace := d.kf.namespace // only when given: connect settles a default
+	if _, err := d.kf.connect(); err != nil {
+		return err
+	}
+	c, err := volumes.NewClients(d.kf.cfg)
+	if err != nil {
+		return err
+	}
+	if err := volumes.DeleteSnapshots(ctx, c, e.Manifest.Volumes, volumes.DeleteOptions{Namespace: namespace, Timeout: d.timeout}); err != nil {
+		return fmt.Errorf("delete the volume snapshots of %s: %w; the bundle was kept", url, err)
+	}
+	return nil
 }

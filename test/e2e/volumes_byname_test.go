@@ -27,7 +27,8 @@ import (
 // their volumes, are snapshotted with the datastore (their records in the
 // bundle's manifest, no temporary snapshot objects left), deleted with their data,
 // and `vcsnap restore NAME --include-volumes` brings them back byte for byte;
-// restoring over the existing PVCs is refused (exit 5) and resumes the cluster.
+// restoring over the existing PVCs is refused (exit 5) before anything pauses;
+// `snapshot delete --include-volumes` removes the storage snapshots with the bundle.
 func byNameVolumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, sw *stopwatch) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -154,6 +155,22 @@ func byNameVolumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []stri
 	vc.WaitReady(t, time.Minute)
 	noSnapshotObjects("after the refused restore")
 	sw.lap("volumes: refused restore")
+
+	// Deleting the bundle with its volumes removes the storage snapshots too.
+	res = cli.run(t, "snapshot", "delete", "--include-volumes", "--kubeconfig", r.host.APIServer.KubeconfigPath, store)
+	if res.Code != 0 {
+		t.Fatalf("delete with volumes: %s", res)
+	}
+	for _, v := range m.Volumes {
+		if _, err := os.Stat(r.host.SnapshotFile(v.SnapshotHandle)); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("storage snapshot of %s still there after the bundle's deletion: %v", v.PVC, err)
+		}
+	}
+	if d := cli.run(t, "snapshot", "describe", store); d.Code != 4 {
+		t.Fatalf("after delete, describe: %s; want exit 4", d)
+	}
+	noSnapshotObjects("after the delete")
+	sw.lap("volumes: delete with volumes")
 }
 
 // RestoreByNameOutput is the part of `restore NAME -o json` this test reads.
