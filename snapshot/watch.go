@@ -430,11 +430,14 @@ func (w *watcher) cut(ctx context.Context, why string) error {
 	w.mu.Lock()
 	upTo := w.upTo
 	if w.boundary > w.lastCut {
-		if upTo < w.boundary {
+		switch {
+		case upTo >= w.boundary:
+			upTo = w.boundary
+		case why != "stop":
 			w.mu.Unlock()
 			return nil // wait until the stream reaches the full bundle's revision
 		}
-		upTo = w.boundary
+		// Stopping: store what is held; a restart links the full bundle (see resume).
 	}
 	if upTo <= w.lastCut {
 		w.mu.Unlock()

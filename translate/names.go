@@ -13,15 +13,22 @@ const (
 	HostNamespaceAnnotation = "vcluster.loft.sh/object-host-namespace"
 )
 
-// safeConcatName joins names with "-" as vcluster does for host-side names: names over 63
-// characters are cut to 52 and end in a hash of the whole, so they stay valid.
-func safeConcatName(name ...string) string {
+// SafeConcatName joins names with "-" as vcluster's translate.SafeConcatName (v0.20 and
+// later) does for host-side names: names over 63 characters are cut to 52 and end in 10
+// hex digits of the whole name's sha256, so they stay valid.
+func SafeConcatName(name ...string) string {
 	full := strings.Join(name, "-")
 	if len(full) <= 63 {
 		return full
 	}
 	digest := sha256.Sum256([]byte(full))
 	return strings.ReplaceAll(full[:52]+"-"+hex.EncodeToString(digest[:])[:10], ".-", "-")
+}
+
+// HostName is the host name vcluster's syncer gives the virtual object name in virtual
+// namespace namespace (single-namespace mode): NAME-x-NAMESPACE-x-VCLUSTER.
+func HostName(name, namespace, vcluster string) string {
+	return SafeConcatName(name, "x", namespace, "x", vcluster)
 }
 
 // shortHostName is vcluster's short form of a namespaced host name ("v" and 13 base-36
@@ -55,12 +62,12 @@ func (r *Rules) hostName(host, vName, vNamespace string) string {
 		return host
 	}
 	switch {
-	case vNamespace != "" && host == safeConcatName(vName, "x", vNamespace, "x", r.FromName):
-		return safeConcatName(vName, "x", vNamespace, "x", r.ToName)
+	case vNamespace != "" && host == HostName(vName, vNamespace, r.FromName):
+		return HostName(vName, vNamespace, r.ToName)
 	case vNamespace != "" && host == shortHostName(vName, vNamespace, r.FromName):
 		return shortHostName(vName, vNamespace, r.ToName)
-	case vNamespace == "" && host == safeConcatName("vcluster", vName, "x", r.FromHostNamespace, "x", r.FromName):
-		return safeConcatName("vcluster", vName, "x", r.ToHostNamespace, "x", r.ToName)
+	case vNamespace == "" && host == SafeConcatName("vcluster", vName, "x", r.FromHostNamespace, "x", r.FromName):
+		return SafeConcatName("vcluster", vName, "x", r.ToHostNamespace, "x", r.ToName)
 	}
 	return host
 }

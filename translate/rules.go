@@ -62,7 +62,8 @@ const RootCAConfigMap = "kube-root-ca.crt"
 //     where it re-creates the host pod of one that has not). Finished pods (Succeeded,
 //     Failed) are kept as they are: reset, they would run again.
 //   - Nodes (DropNodes): Node objects (<prefix>minions/) are left out; the target's
-//     nodes register themselves (vcluster syncs them from the host).
+//     nodes register themselves (vcluster syncs them from the host). What a Node owns
+//     (its Lease, its CSINode) follows through the garbage collector.
 //   - kube-root-ca.crt (DropRootCAConfigMaps): the ConfigMaps holding the old control
 //     plane's CA are left out; the target's controller manager publishes its own CA in
 //     every namespace.

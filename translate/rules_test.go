@@ -87,7 +87,7 @@ func TestHostNamesInMappings(t *testing.T) {
 		group, version, kin string
 	}{
 		{"namespaced", "default", "web", "team-a", "web-x-default-x-vc1", "team-b", "web-x-default-x-vc2", "/vcluster/mappings/v1/configmaps/default/web", "", "v1", "ConfigMap"},
-		{"long hashed name", "default", long, "team-a", safeConcatName(long, "x", "default", "x", "vc1"), "team-b", safeConcatName(long, "x", "default", "x", "vc2"), "/vcluster/mappings/v1/secret/default/" + long, "", "v1", "Secret"},
+		{"long hashed name", "default", long, "team-a", SafeConcatName(long, "x", "default", "x", "vc1"), "team-b", SafeConcatName(long, "x", "default", "x", "vc2"), "/vcluster/mappings/v1/secret/default/" + long, "", "v1", "Secret"},
 		{"short name", "default", "svc", "team-a", shortHostName("svc", "default", "vc1"), "team-b", shortHostName("svc", "default", "vc2"), "/vcluster/mappings/v1/service/default/svc", "", "v1", "Service"},
 		{"cluster scoped", "", "fast", "", "vcluster-fast-x-team-a-x-vc1", "", "vcluster-fast-x-team-b-x-vc2", "/vcluster/mappings/storage.k8s.io/v1/storageclass/fast", "storage.k8s.io", "v1", "StorageClass"},
 		{"imported from the host", "default", "shared", "team-a", "shared", "team-b", "shared", "/vcluster/mappings/v1/configmap/default/shared", "", "v1", "ConfigMap"},
@@ -379,10 +379,10 @@ func TestValidate(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	if got := safeConcatName("a", "x", "b"); got != "a-x-b" {
+	if got := SafeConcatName("a", "x", "b"); got != "a-x-b" {
 		t.Fatal(got)
 	}
-	long := safeConcatName(strings.Repeat("n", 60), "x", "default", "x", "vc")
+	long := SafeConcatName(strings.Repeat("n", 60), "x", "default", "x", "vc")
 	if len(long) != 63 || !strings.HasPrefix(long, strings.Repeat("n", 52)+"-") {
 		t.Fatalf("long name %q (%d)", long, len(long))
 	}

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+
+	"github.com/vcsnap/vcsnap/translate"
 )
 
 // Labels and annotations vcluster's syncer puts on the host objects it syncs
@@ -38,19 +40,7 @@ const (
 // virtual cluster (single-namespace mode): NAME-x-NAMESPACE-x-VCLUSTER, cut to
 // 63 characters with a hash when longer, exactly as the syncer does.
 func HostPVCName(virtualName, virtualNamespace, vclusterName string) string {
-	return safeConcatName(virtualName, "x", virtualNamespace, "x", vclusterName)
-}
-
-// safeConcatName is vcluster's translate.SafeConcatName (v0.20 and later): join
-// with "-"; longer than 63 characters, keep 52 and append 10 hex digits of the
-// full name's sha256.
-func safeConcatName(parts ...string) string {
-	full := strings.Join(parts, "-")
-	if len(full) <= 63 {
-		return full
-	}
-	sum := sha256.Sum256([]byte(full))
-	return strings.ReplaceAll(full[:52]+"-"+hex.EncodeToString(sum[:])[:10], ".-", "-")
+	return translate.HostName(virtualName, virtualNamespace, vclusterName)
 }
 
 // objectName makes a Kubernetes object name (at most 63 characters, DNS label

@@ -59,6 +59,8 @@ type Restored struct {
 	// VolumeName is the new PV, once bound; the recorded Volume.PersistentVolume
 	// is the one the virtual cluster's datastore still names.
 	VolumeName string
+	// Replaced: an existing PVC of this name was deleted for it (Force).
+	Replaced bool
 	// From is the volume record it was restored from.
 	From bundle.Volume
 }
@@ -131,7 +133,7 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 		}
 		out := make([]Restored, 0, len(plans))
 		for _, p := range plans {
-			out = append(out, Restored{Namespace: p.ns, PVC: p.pvc, From: p.vol})
+			out = append(out, Restored{Namespace: p.ns, PVC: p.pvc, Replaced: p.replace, From: p.vol})
 		}
 		return out, nil
 	}
@@ -224,7 +226,7 @@ func check(ctx context.Context, c Clients, plans []*plan, o RestoreOptions) erro
 		_, err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Get(ctx, p.pvc, metav1.GetOptions{})
 		switch {
 		case err == nil && !o.Force:
-			return fmt.Errorf("restore volume into PVC %s: %w; delete it first, restore into another namespace or name, or pass --force to replace it (its data is lost)", key, ErrPVCExists)
+			return fmt.Errorf("restore volume into PVC %s: %w; delete it first, restore into another namespace or name, or replace it with --replace-volumes (its data is lost)", key, ErrPVCExists)
 		case err == nil:
 			p.replace = true
 		case !apierrors.IsNotFound(err):
@@ -291,7 +293,7 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	out := make([]Restored, 0, len(plans))
 	var done []*plan
 	for _, p := range plans {
-		r := Restored{Namespace: p.ns, PVC: p.pvc, Bound: p.immediate, From: p.vol}
+		r := Restored{Namespace: p.ns, PVC: p.pvc, Bound: p.immediate, Replaced: p.replace, From: p.vol}
 		if p.immediate {
 			pvc, err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Get(ctx, p.pvc, metav1.GetOptions{})
 			if err != nil {

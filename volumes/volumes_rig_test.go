@@ -6,6 +6,7 @@ import (
 	crand "crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -398,7 +400,7 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 
 	// Again into the same place: refused, and nothing created.
 	ropts := volumes.RestoreOptions{SourceName: "vc1", TargetName: "vc2", TargetNamespace: "vc-restored", Timeout: 2 * time.Minute}
-	if _, err := volumes.Restore(ctx, cA, vols, ropts); !errors.Is(err, volumes.ErrPVCExists) || !strings.Contains(err.Error(), "--force") {
+	if _, err := volumes.Restore(ctx, cA, vols, ropts); !errors.Is(err, volumes.ErrPVCExists) || !strings.Contains(err.Error(), "--replace-volumes") {
 		t.Fatalf("want ErrPVCExists, got %v", err)
 	}
 	noTemporaries(t, ctx, cA, "vc-restored")
@@ -471,6 +473,52 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	}
 	sameTree(t, "mapped "+first.PVC, readTree(t, hB.PVCVolumeDir(t, "vc-mapped", first.PVC)), want[firstID])
 	noTemporaries(t, ctx, cB, "vc-mapped")
+
+	// A class that binds on first consumer (and another class name than recorded):
+	// the PVC is created but not waited for, and its snapshot objects stay for it.
+	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	if _, err := cB.Kube.StorageV1().StorageClasses().Create(ctx, &storagev1.StorageClass{
+		ObjectMeta: metav1.ObjectMeta{Name: "rig-wffc"}, Provisioner: hB.DriverName, VolumeBindingMode: &wffc,
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createNS(t, ctx, cB, "vc-wffc")
+	second := vols[1]
+	wr, err := volumes.Restore(ctx, cB, []bundle.Volume{second}, volumes.RestoreOptions{SourceName: "vc1", TargetNamespace: "vc-wffc", StorageClass: "rig-wffc", Timeout: time.Minute})
+	if err != nil || len(wr) != 1 || wr[0].Bound {
+		t.Fatalf("restore with a WaitForFirstConsumer class: %+v, %v", wr, err)
+	}
+	wpvc, err := cB.Kube.CoreV1().PersistentVolumeClaims("vc-wffc").Get(ctx, second.PVC, metav1.GetOptions{})
+	if err != nil || wpvc.Spec.StorageClassName == nil || *wpvc.Spec.StorageClassName != "rig-wffc" || wpvc.Spec.DataSource == nil {
+		t.Fatalf("PVC for a WaitForFirstConsumer class: %+v, %v", wpvc, err)
+	}
+	vsl, err := cB.Snapshots.SnapshotV1().VolumeSnapshots("vc-wffc").List(ctx, metav1.ListOptions{})
+	if err != nil || len(vsl.Items) != 1 || vsl.Items[0].Name != wpvc.Spec.DataSource.Name || vsl.Items[0].Labels[volumes.LabelRun] == "" {
+		t.Fatalf("the VolumeSnapshot the pending PVC needs: %+v, %v", vsl, err)
+	}
+	// Tidy up as a user would once done: the PVC, the run's snapshot and content.
+	if err := cB.Kube.CoreV1().PersistentVolumeClaims("vc-wffc").Delete(ctx, second.PVC, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cB.Snapshots.SnapshotV1().VolumeSnapshots("vc-wffc").Delete(ctx, vsl.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if vsl.Items[0].Spec.Source.VolumeSnapshotContentName == nil {
+		t.Fatal("the restore's VolumeSnapshot names no content")
+	}
+	if err := cB.Snapshots.SnapshotV1().VolumeSnapshotContents().Delete(ctx, *vsl.Items[0].Spec.Source.VolumeSnapshotContentName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rig.WaitReady(t, time.Minute, "the WaitForFirstConsumer restore's objects gone", func(ctx context.Context) error {
+		l, err := cB.Snapshots.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
+		if err != nil || len(l.Items) > 0 {
+			return fmt.Errorf("%d contents left (%v)", len(l.Items), err)
+		}
+		return nil
+	})
+	if _, err := os.Stat(hA.SnapshotFile(second.SnapshotHandle)); err != nil {
+		t.Fatalf("tidying up a restore removed the bundle's storage snapshot: %v", err)
+	}
 
 	// Deleting the bundle's snapshots removes them from the storage, through host B.
 	rest := vols[1:]

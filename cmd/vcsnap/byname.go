@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vcsnap/vcsnap/datastore/open"
@@ -23,6 +24,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/translate"
 	"github.com/vcsnap/vcsnap/vcluster"
+	"github.com/vcsnap/vcsnap/volumes"
 )
 
 // kubeFlags are the flags of the commands that name a virtual cluster on a host cluster.
@@ -34,6 +36,7 @@ type kubeFlags struct {
 	pullPolicy string
 	dryRun     bool
 	timeout    time.Duration
+	cfg        *rest.Config // set by connect
 }
 
 func (k *kubeFlags) add(f *pflag.FlagSet, engine bool) {
@@ -63,6 +66,7 @@ func (k *kubeFlags) connect() (kubernetes.Interface, error) {
 		}
 	}
 	cfg.UserAgent = "vcsnap/" + version
+	k.cfg = cfg
 	return kubernetes.NewForConfig(cfg)
 }
 
@@ -204,7 +208,8 @@ func (a *app) runEngine(ctx context.Context, cs kubernetes.Interface, ej *vclust
 
 // byNameCreate is `vcsnap snapshot create NAME -n NS STORE_URL`.
 type byNameCreate struct {
-	kf kubeFlags
+	kf  kubeFlags
+	vol volumeFlags
 	// Volumes, taken before the engine runs, are written into the manifest
 	// (--volumes-file); Partial marks the bundle partial.
 	Volumes []bundle.Volume
@@ -212,6 +217,7 @@ type byNameCreate struct {
 }
 
 func (a *app) createByName(ctx context.Context, b *byNameCreate, o snapshot.CreateOptions, name, store string) error {
+	committed := false // the bundle holding the volume records was written
 	if err := checkEngineStore(store); err != nil {
 		return err
 	}
@@ -233,6 +239,22 @@ func (a *app) createByName(ctx context.Context, b *byNameCreate, o snapshot.Crea
 	}
 	if !vc.Running && vc.Datastore.Kind == vcluster.KindEmbeddedEtcd {
 		p.step("the control plane is not running: read its etcd data directory offline")
+	}
+
+	// The volume snapshots come first: their records go into the manifest the engine writes.
+	if b.vol.include {
+		vols, partial, err := snapshotVolumes(ctx, b.kf.cfg, vc.Namespace, vc.Name, b.vol, b.kf.dryRun, func(s string) { p.step("%s", s) })
+		if err != nil {
+			return err
+		}
+		if !b.kf.dryRun {
+			b.Volumes, b.Partial = vols, b.Partial || partial
+			defer func() {
+				if !committed {
+					discardVolumes(ctx, b.kf.cfg, vols, b.vol.timeout)
+				}
+			}()
+		}
 	}
 
 	// What the engine records, with secrets in files or the environment.
@@ -303,8 +325,12 @@ func (a *app) createByName(ctx context.Context, b *byNameCreate, o snapshot.Crea
 	start := time.Now()
 	var res snapshot.CreateResult
 	if _, err := a.runEngine(ctx, cs, ej, &res); err != nil {
+		if len(b.Volumes) > 0 {
+			return fmt.Errorf("snapshot of %s/%s: %w; its volume snapshots are deleted again", vc.Namespace, vc.Name, err)
+		}
 		return fmt.Errorf("snapshot of %s/%s: %w", vc.Namespace, vc.Name, err)
 	}
+	committed = true
 	res.Duration = time.Since(start)
 	return a.emit(&res, func() {
 		m := res.Manifest
@@ -326,7 +352,8 @@ func firstNonEmpty(s ...string) string {
 
 // byNameRestore is `vcsnap restore NAME -n NS STORE_URL`.
 type byNameRestore struct {
-	kf kubeFlags
+	kf  kubeFlags
+	vol volumeFlags
 	// EngineArgs are added to the engine's restore command (before STORE_URL).
 	EngineArgs []string
 	// pointInTime: STORE_URL is a prefix of snapshot-watch chains, which the engine
@@ -344,6 +371,8 @@ type RestoreByNameResult struct {
 	Datastore   string           `json:"datastore"`
 	Job         string           `json:"job"`
 	Duration    time.Duration    `json:"duration"`
+	// Volumes are the PVCs re-created from the bundle's volume snapshots.
+	Volumes []volumes.Restored `json:"volumes,omitempty"`
 }
 
 func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Options, noSafety bool, name, store string) error {
@@ -396,6 +425,9 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	if m != nil && m.Source.VClusterName != "" && (m.Source.VClusterName != vc.Name || m.Source.VClusterNamespace != vc.Namespace) {
 		slog.Warn("the bundle was taken of another virtual cluster", "bundle", m.Source.VClusterNamespace+"/"+m.Source.VClusterName, "target", vc.Namespace+"/"+vc.Name)
+	}
+	if b.vol.include && m == nil {
+		return usageError{errors.New("--include-volumes restores the volumes of one bundle; a point in time (--to-time, --to-revision) has none: restore the volumes from the chain's full bundle")}
 	}
 
 	if b.target != nil {
@@ -452,6 +484,12 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	}
 	p.step("pause: annotate %s %s/%s with %s=%d, scale it to 0 and wait until its pods are gone",
 		vc.Workload.Kind, vc.Namespace, vc.Workload.Name, vcluster.PausedReplicasAnnotation, prior)
+	step := func(s string) { p.step("%s", s) }
+	if b.kf.dryRun && b.vol.include {
+		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vc.Namespace, vc.Name, b.vol, true, step); err != nil {
+			return err
+		}
+	}
 	p.step("%s", ej.Describe())
 	p.step("resume: scale %s %s/%s back to %d, remove the annotation, wait until ready (also when the restore fails)", vc.Workload.Kind, vc.Namespace, vc.Workload.Name, prior)
 	if b.kf.dryRun {
@@ -464,14 +502,33 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 		defer rcancel()
 		return vcluster.Resume(rctx, cs, vc)
 	}
+	// The volumes' checks (names free, classes and namespace there) before anything stops.
+	if b.vol.include {
+		if _, err := restoreVolumes(ctx, b.kf.cfg, m, vc.Namespace, vc.Name, b.vol, true, func(string) {}); err != nil {
+			return fmt.Errorf("%w; nothing was paused or restored", err)
+		}
+	}
 	if _, err := vcluster.Pause(ctx, cs, vc); err != nil {
 		if rerr := resume(); rerr != nil {
 			return fmt.Errorf("%w; resuming failed too: %v", err, rerr)
 		}
 		return fmt.Errorf("%w; nothing was restored and the virtual cluster runs again", err)
 	}
+	// The volumes before the datastore: a volume that cannot come back stops the
+	// restore before the datastore is touched.
+	restoredVols, err := restoreVolumes(ctx, b.kf.cfg, m, vc.Namespace, vc.Name, b.vol, false, step)
+	if err != nil {
+		err = fmt.Errorf("restore of the volumes of %s/%s failed; the datastore was not touched: %w", vc.Namespace, vc.Name, err)
+		if rerr := resume(); rerr != nil {
+			return fmt.Errorf("%w; resuming failed too: %v", err, rerr)
+		}
+		return fmt.Errorf("%w; the virtual cluster runs again on its previous state", err)
+	}
 	var eng restoreOutput
 	jr, runErr := a.runEngine(ctx, cs, ej, &eng)
+	if runErr != nil {
+		removeRestoredVolumes(ctx, cs, restoredVols)
+	}
 	resumeErr := resume()
 	if runErr != nil {
 		err := fmt.Errorf("restore of %s/%s failed; the datastore was left as it was: %w", vc.Namespace, vc.Name, runErr)
@@ -490,7 +547,7 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	if _, q, ok := strings.Cut(store, "?"); ok && res.SafetyBackup != "" && !strings.Contains(res.SafetyBackup, "?") {
 		res.SafetyBackup += "?" + q // the store's options (endpoint, region) reach it too
 	}
-	out := &RestoreByNameResult{Restore: res, Translation: eng.Translation, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: time.Since(start)}
+	out := &RestoreByNameResult{Restore: res, Translation: eng.Translation, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: time.Since(start), Volumes: restoredVols}
 	return a.emit(out, func() {
 		fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s/%s (%s): %d keys, %d leases; revision now %d (snapshot %d, before %d); running again, %s\n",
 			res.URL, vc.Namespace, vc.Name, vc.Datastore.Kind, res.Manifest.Keys, res.Manifest.Leases, res.Revision, res.Manifest.Revision,
@@ -501,6 +558,9 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 		}
 		if res.SafetyBackup != "" {
 			fmt.Fprintf(a.stdout, "Its previous %d keys are saved in %s\n", res.PreviousKeys, res.SafetyBackup)
+		}
+		for _, v := range out.Volumes {
+			fmt.Fprintf(a.stdout, "Restored volume %s/%s from snapshot %s\n", v.Namespace, v.PVC, v.From.SnapshotHandle)
 		}
 	})
 }

@@ -62,7 +62,13 @@ reads that datastore itself.`,
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
+				if err := byName.vol.check(cmd.Flags()); err != nil {
+					return err
+				}
 				return a.createByName(cmd.Context(), &byName, o, args[0], expandTime(args[1], time.Now()))
+			}
+			if byName.vol.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap finds its PVCs on the host")}
 			}
 			if byName.kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -122,6 +128,7 @@ reads that datastore itself.`,
 	f.StringVar(&volumesFile, "volumes-file", "", "JSON list of CSI volume snapshot records to write into the manifest")
 	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
 	byName.kf.add(f, true)
+	byName.vol.addCreate(f)
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -144,7 +151,7 @@ func (a *app) listCommand() *cobra.Command {
 			}
 			cs, orphans := snapshot.Chains(entries)
 			if chains {
-				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans) })
+				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans, false) })
 			}
 			return a.emit(entries, func() {
 				inChain := map[*snapshot.Entry]bool{}
@@ -157,10 +164,13 @@ func (a *app) listCommand() *cobra.Command {
 					}
 				}
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
+				rows := 0
 				for _, e := range entries {
 					if inChain[e] || (e.Manifest != nil && e.Manifest.Kind == bundle.KindDelta) {
 						continue
+					}
+					if rows++; rows == 1 {
+						fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
 					}
 					if e.Manifest == nil {
 						fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%s\n", e.Name, humanBytes(e.Size), e.Problem)
@@ -174,8 +184,11 @@ func (a *app) listCommand() *cobra.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, m.Created.Format(time.RFC3339), m.Kind,
 						m.Source.Datastore, m.Revision, m.Keys, humanBytes(e.Size), status)
 				}
+				if rows == 0 && len(cs) == 0 && len(orphans) == 0 {
+					fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
+				}
 				tw.Flush()
-				a.printChains(cs, orphans)
+				a.printChains(cs, orphans, rows > 0)
 			})
 		},
 	}
@@ -185,7 +198,7 @@ func (a *app) listCommand() *cobra.Command {
 
 // printChains shows each chain of snapshot watch as one line: its full bundle, how many
 // deltas continue it, and the revisions and times it covers.
-func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry) {
+func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry, gap bool) {
 	n := 0
 	for _, c := range cs {
 		if c.ID != "" {
@@ -195,7 +208,9 @@ func (a *app) printChains(cs []*snapshot.Chain, orphans []*snapshot.Entry) {
 	if n == 0 && len(orphans) == 0 {
 		return
 	}
-	fmt.Fprintln(a.stdout)
+	if gap {
+		fmt.Fprintln(a.stdout)
+	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHAIN\tFULL BUNDLE\tDELTAS\tREVISIONS\tFROM\tTO\tSIZE\tSTATUS")
 	for _, c := range cs {
@@ -312,17 +327,29 @@ func (a *app) verifyCommand() *cobra.Command {
 }
 
 func (a *app) deleteCommand() *cobra.Command {
-	return &cobra.Command{
+	var dv deleteVolumeFlags
+	cmd := &cobra.Command{
 		Use:   "delete URL",
-		Short: "Delete a bundle",
-		Args:  exactArgs("URL"),
+		Short: "Delete a bundle (with --include-volumes also its CSI volume snapshots)",
+		Long: `Delete removes a bundle from its store. The CSI volume snapshots a bundle records live on
+the host's storage, not in the store: --include-volumes deletes them first, through the host
+cluster (--kubeconfig, --context), and keeps the bundle if that fails.`,
+		Args: exactArgs("URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := dv.check(cmd.Flags()); err != nil {
+				return err
+			}
+			if err := a.deleteBundleVolumes(cmd.Context(), &dv, args[0]); err != nil {
+				return err
+			}
 			if err := snapshot.Delete(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			return a.emit(map[string]string{"deleted": args[0]}, func() { fmt.Fprintf(a.stdout, "Deleted %s\n", args[0]) })
 		},
 	}
+	dv.add(cmd.Flags())
+	return cmd
 }
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -382,10 +409,16 @@ With --datastore, stop the virtual control plane first.`,
 				if o.UpToLastGood {
 					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
 				}
+				if err := byName.vol.check(cmd.Flags()); err != nil {
+					return err
+				}
 				return a.restoreByName(cmd.Context(), &byName, o, noSafety, name, args[1])
 			}
 			if tg.set() {
 				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
+			}
+			if byName.vol.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
 			}
 			if byName.kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -471,6 +504,7 @@ With --datastore, stop the virtual control plane first.`,
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
 	byName.kf.add(f, true)
+	byName.vol.addRestore(f)
 	addTranslateFlags(f, &tf)
 	addTargetFlags(f, &tg)
 	return cmd

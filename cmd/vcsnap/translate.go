@@ -44,7 +44,7 @@ func (t *translateFlags) rules(ctx context.Context, store string) (*translate.Ru
 		if fromNS == "" || fromName == "" {
 			e, err := snapshot.Describe(ctx, store)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("read the bundle's manifest for the virtual cluster's namespace and name (or give them as FROM=TO): %w", err)
 			}
 			if e.Manifest == nil {
 				return nil, fmt.Errorf("read the bundle's manifest for the virtual cluster's namespace and name: %w", e.Err())

@@ -7,8 +7,12 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/volumes"
 )
@@ -92,16 +96,17 @@ func discardVolumes(ctx context.Context, cfg *rest.Config, vols []bundle.Volume,
 	}
 }
 
-// restoreVolumes re-creates the bundle's volumes for the virtual cluster
-// targetName in targetNamespace (renamed from source when they differ).
+// restoreVolumes re-creates the bundle's volumes (handles mapped through
+// --volume-handle-map) for the virtual cluster targetName in targetNamespace,
+// renamed from the bundle's when they differ.
 func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, targetNamespace, targetName string, v volumeFlags, dryRun bool, step func(string)) ([]volumes.Restored, error) {
 	if !v.include {
-		if len(m.Volumes) > 0 {
+		if m != nil && len(m.Volumes) > 0 {
 			slog.Info("the bundle holds volume snapshots; pass --include-volumes to restore them", "volumes", len(m.Volumes))
 		}
 		return nil, nil
 	}
-	if len(m.Volumes) == 0 {
+	if m == nil || len(m.Volumes) == 0 {
 		slog.Warn("--include-volumes: the bundle holds no volume snapshots")
 		return nil, nil
 	}
@@ -121,4 +126,76 @@ func restoreVolumes(ctx context.Context, cfg *rest.Config, m *bundle.Manifest, t
 		SourceName: source, TargetName: targetName, TargetNamespace: targetNamespace,
 		StorageClass: v.storageClass, Force: v.replace, Timeout: v.timeout, DryRun: dryRun, Print: step,
 	})
+}
+
+// removeRestoredVolumes deletes the PVCs a restore created when its datastore
+// restore then failed, so the virtual cluster resumes on what it had. A PVC that
+// replaced an existing one (--replace-volumes) stays: the old one is gone.
+func removeRestoredVolumes(ctx context.Context, cs kubernetes.Interface, restored []volumes.Restored) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	for _, r := range restored {
+		if r.Replaced {
+			slog.Warn("the datastore restore failed; this volume keeps the bundle's data (it replaced the old PVC)", "pvc", r.Namespace+"/"+r.PVC)
+			continue
+		}
+		if err := cs.CoreV1().PersistentVolumeClaims(r.Namespace).Delete(ctx, r.PVC, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			slog.Warn("could not remove a volume of the failed restore", "pvc", r.Namespace+"/"+r.PVC, "error", err)
+		}
+	}
+}
+
+// deleteVolumeFlags are snapshot delete's flags for the bundle's volume snapshots.
+type deleteVolumeFlags struct {
+	kf      kubeFlags
+	include bool
+	timeout time.Duration
+}
+
+func (d *deleteVolumeFlags) add(f *pflag.FlagSet) {
+	f.BoolVar(&d.include, "include-volumes", false, "also delete the CSI volume snapshots the bundle records, on the host cluster (before the bundle)")
+	f.DurationVar(&d.timeout, "volume-timeout", volumes.DefaultTimeout, "with --include-volumes: how long to wait for the driver to delete them")
+	d.kf.add(f, false)
+	f.Lookup("namespace").Usage = "with --include-volumes: host namespace for the temporary VolumeSnapshots (default each volume's recorded namespace)"
+}
+
+func (d *deleteVolumeFlags) check(f *pflag.FlagSet) error {
+	if d.include {
+		return nil
+	}
+	for _, name := range []string{"volume-timeout", "kubeconfig", "context", "namespace", "timeout"} {
+		if fl := f.Lookup(name); fl != nil && fl.Changed {
+			return usageError{fmt.Errorf("--%s needs --include-volumes", name)}
+		}
+	}
+	return nil
+}
+
+// deleteBundleVolumes deletes the storage snapshots the bundle at url records.
+func (a *app) deleteBundleVolumes(ctx context.Context, d *deleteVolumeFlags, url string) error {
+	if !d.include {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.kf.timeout)
+	defer cancel()
+	e, err := snapshot.Describe(ctx, url)
+	if err != nil {
+		return err
+	}
+	if e.Manifest == nil || len(e.Manifest.Volumes) == 0 {
+		slog.Info("the bundle records no volume snapshots", "bundle", url)
+		return nil
+	}
+	namespace := d.kf.namespace // only when given: connect settles a default
+	if _, err := d.kf.connect(); err != nil {
+		return err
+	}
+	c, err := volumes.NewClients(d.kf.cfg)
+	if err != nil {
+		return err
+	}
+	if err := volumes.DeleteSnapshots(ctx, c, e.Manifest.Volumes, volumes.DeleteOptions{Namespace: namespace, Timeout: d.timeout}); err != nil {
+		return fmt.Errorf("delete the volume snapshots of %s: %w; the bundle was kept", url, err)
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -171,7 +172,17 @@ func (s *Source) fetch(ctx context.Context, rev int64, key, end string, out chan
 			return
 		default:
 			key = to
-			if resp.Count < limit/8 && depth > 1 {
+			switch {
+			case resp.Count == 0 && depth > 1:
+				// Past the end of a clump (one namespace's keys, say): widen to the
+				// enclosing path segment at once rather than a byte at a time.
+				d := min(depth, len(key))
+				if i := strings.LastIndexByte(key[:d-1], '/'); i >= 0 && key[d-1] != '/' {
+					depth = i + 1
+				} else {
+					depth = max(d-1, 1)
+				}
+			case resp.Count < limit/8 && depth > 1:
 				depth--
 			}
 		}

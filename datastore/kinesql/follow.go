@@ -3,6 +3,7 @@ package kinesql
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -39,7 +40,11 @@ func (s *Source) Follow(ctx context.Context, after int64, progressEvery time.Dur
 		s.db, s.immutable = db, false
 	}
 	var gapSince time.Time
+	holes := map[int64]time.Time{} // ids passed over as holes, watched for a late commit
 	for {
+		if err := s.checkHoles(ctx, holes); err != nil {
+			return err
+		}
 		changes, upTo, gap, err := s.changesAfter(ctx, after)
 		if err != nil {
 			return err
@@ -53,6 +58,12 @@ func (s *Source) Follow(ctx context.Context, after int64, progressEvery time.Dur
 				changes, upTo, err = s.acceptGap(ctx, after)
 				if err != nil {
 					return err
+				}
+				first := after + 1
+				if len(changes) > 0 {
+					for id := first; id < changes[0].KV.ModRevision && len(holes) < 10000; id++ {
+						holes[id] = time.Now()
+					}
 				}
 				gap = false
 			}
@@ -166,6 +177,39 @@ func (s *Source) CheckFollow(ctx context.Context, after int64) error {
 	if compact.Int64 > after {
 		return fmt.Errorf("%w: kine compacted its table up to revision %d, past the chain's last revision %d",
 			datastore.ErrCompacted, compact.Int64, after)
+	}
+	return nil
+}
+
+// holeWatch is how long an id passed over as a hole is watched for a late commit.
+const holeWatch = 5 * time.Minute
+
+// checkHoles fails the stream (as a compaction would: only a new full read can go on)
+// when a row appears for an id that was passed over as a hole: a write committed after
+// the changes around it were delivered, so the deltas would miss it.
+func (s *Source) checkHoles(ctx context.Context, holes map[int64]time.Time) error {
+	if len(holes) == 0 {
+		return nil
+	}
+	for id, at := range holes {
+		if time.Since(at) > holeWatch {
+			delete(holes, id)
+		}
+	}
+	for id := range holes {
+		var name []byte
+		err := s.db.QueryRowContext(ctx, fmt.Sprintf(`SELECT name FROM kine WHERE id = %s`, s.param(1)), id).Scan(&name)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return classify(s.cfg, err)
+		}
+		delete(holes, id)
+		if !datastore.IsBookkeeping(name) {
+			return fmt.Errorf("%w: the write of revision %d (%s) committed after later revisions were read; the history must be read again from a full read",
+				datastore.ErrCompacted, id, name)
+		}
 	}
 	return nil
 }

@@ -198,6 +198,14 @@ func (s *Source) read(ctx context.Context, emit datastore.Emitter) (int64, error
 	if err := tx.QueryRowContext(ctx, `SELECT MAX(id) FROM kine`).Scan(&rev); err != nil {
 		return 0, classify(s.cfg, err)
 	}
+	if s.cfg.Dialect != SQLite {
+		// An insert still in flight holds an id below MAX(id) that this read cannot see
+		// yet: read at the revision below the first such hole, so the bundle is exactly
+		// the state at its revision and the history after it (snapshot watch) has the row.
+		if rev.Int64, err = s.belowFirstHole(ctx, tx, rev.Int64); err != nil {
+			return 0, err
+		}
+	}
 	rows, err := tx.QueryContext(ctx, s.liveQuery("kv.id, kv.name, kv.created, kv.create_revision, kv.lease, kv.value", true), rev.Int64)
 	if err != nil {
 		return 0, classify(s.cfg, err)
@@ -240,4 +248,36 @@ func (s *Source) read(ctx context.Context, emit datastore.Emitter) (int64, error
 		return 0, classify(s.cfg, err)
 	}
 	return rev.Int64, nil
+}
+
+// holeWindow is how many of the newest ids are checked for a hole left by an insert in
+// flight (kine fills a hole that stays with a "gap-" row within seconds).
+const holeWindow = 5000
+
+// belowFirstHole returns the highest revision up to max with every id of the newest
+// holeWindow present in the transaction's view.
+func (s *Source) belowFirstHole(ctx context.Context, tx *sql.Tx, top int64) (int64, error) {
+	from := top - holeWindow
+	var compact sql.NullInt64
+	if err := tx.QueryRowContext(ctx, `SELECT MAX(prev_revision) FROM kine WHERE name = 'compact_rev_key'`).Scan(&compact); err != nil {
+		return 0, classify(s.cfg, err)
+	}
+	from = max(from, compact.Int64) // kine's compaction removes rows below its mark
+	rows, err := tx.QueryContext(ctx, fmt.Sprintf(`SELECT id FROM kine WHERE id > %s ORDER BY id`, s.param(1)), from)
+	if err != nil {
+		return 0, classify(s.cfg, err)
+	}
+	defer rows.Close()
+	want := int64(-1)
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return 0, classify(s.cfg, err)
+		}
+		if want >= 0 && id != want {
+			return want - 1, nil // want is missing
+		}
+		want = id + 1
+	}
+	return top, classify(s.cfg, rows.Err())
 }

@@ -27,8 +27,11 @@ func restoreOntoAnotherName(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, st
 	moved := rig.StartVClusterOnNode(t, r.host, r.node, rig.VClusterOptions{Name: "moved", Namespace: "team-moved", ServiceCIDR: movedServiceCIDR})
 	sw.lap("start the target virtual cluster")
 	kube := []string{"--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", vc.Namespace, "--image", rig.VCSnapImageRef}
+	// The rig has one node per machine, so "another host" is the same one, named as the
+	// target through its own kubeconfig flag.
+	target := []string{"--target-kubeconfig", r.host.APIServer.KubeconfigPath, "--target-namespace", moved.Namespace, "--target-name", moved.Name}
 
-	plan := r.cli.run(t, append(append([]string{"restore", vc.Name}, kube...), "--target-namespace", moved.Namespace, "--target-name", moved.Name, "--dry-run", store)...)
+	plan := r.cli.run(t, append(append(append([]string{"restore", vc.Name}, kube...), target...), "--dry-run", store)...)
 	if plan.Code != 0 || !strings.Contains(plan.Stdout, "translate the datastore of "+vc.Namespace+"/"+vc.Name+" for team-moved/moved") ||
 		!strings.Contains(plan.Stdout, movedServiceCIDR) {
 		t.Fatalf("restore --target-* dry run: %s", plan)
@@ -38,7 +41,7 @@ func restoreOntoAnotherName(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, st
 		Translation *translate.Stats `json:"translation"`
 		VCluster    string           `json:"vcluster"`
 	}
-	r.cli.mustJSON(t, &out, append(append([]string{"restore", vc.Name}, kube...), "--target-namespace", moved.Namespace, "--target-name", moved.Name, store)...)
+	r.cli.mustJSON(t, &out, append(append(append([]string{"restore", vc.Name}, kube...), target...), store)...)
 	sw.lap("restore onto another name")
 	if out.VCluster != "team-moved/moved" || out.Translation == nil || out.Translation.Pods == 0 || out.Translation.Services == 0 {
 		t.Fatalf("restore onto another name: %+v, translation %+v", out, out.Translation)

@@ -30,11 +30,16 @@ import (
 //     bundle in MinIO that verifies and records the values, versions and host facts;
 //   - the virtual cluster's objects are changed, created and deleted;
 //   - `vcsnap restore NAME -n NS --dry-run` changes nothing;
-//   - a restore whose engine cannot start fails and leaves the virtual cluster running
-//     its current state;
+//   - (SQLite) a restore whose engine cannot start fails and leaves the virtual cluster
+//     running its current state;
 //   - `vcsnap restore NAME -n NS s3://...` pauses the StatefulSet, restores through a
 //     Job, resumes it, and the virtual cluster's API serves exactly the snapshot's
-//     objects again (rig.DumpAll); the previous state is saved as a safety bundle.
+//     objects again (rig.DumpAll); the previous state is saved as a safety bundle, and
+//     the engine's log lines come back to the CLI;
+//   - (embedded etcd) a second snapshot onto the same bundle exits 5, the engine's own
+//     code; the restore's CLI is killed while its Job runs, and the documented
+//     `vcsnap resume NAME -n NS` lets the Job finish and brings the cluster back, serving
+//     the snapshot's objects.
 //
 // No temporary Job or Secret is left behind. MinIO is reached at the node's veth
 // address by the test's CLI and the Job's pod alike, so both use one store URL.
@@ -135,6 +140,15 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 	}
 	t.Logf("bundle: %d keys, revision %d, source %+v", verified.Manifest.Keys, verified.Manifest.Revision, src)
 	sw.lap("verify")
+	if backing == rig.VClusterEtcd {
+		// The engine's own exit code comes back: an existing bundle is refused (5).
+		res := cli.run(t, append(append([]string{"snapshot", "create", vc.Name}, kube...), store)...)
+		if res.Code != 5 || !strings.Contains(res.Stderr, "already exists") {
+			t.Fatalf("a second snapshot onto the same bundle: %s; want exit 5 from the engine", res)
+		}
+		noTemporaries("after the refused snapshot")
+		sw.lap("refused overwrite")
+	}
 
 	// Change the virtual cluster: update, delete, create.
 	vcs := kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
@@ -219,6 +233,8 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 	if backing == rig.VClusterSQLite {
 		restoreOntoAnotherName(t, r, vc, store, before, sw)
 	}
+
+	byNameVolumes(t, r, vc, kube, sw)
 }
 
 func failedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, kube []string, store string, mutated map[string][]byte,

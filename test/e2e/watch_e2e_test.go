@@ -49,7 +49,8 @@ import (
 //
 // VCSNAP_WATCH_SECONDS (default 30) sets how long the load runs; VCSNAP_WATCH_RATE
 // (default 200) its writes per second; VCSNAP_WATCH_KINDS (default "etcd,sqlite";
-// also "kine-api": kine+SQLite followed through kine's watch) the backends.
+// also "kine-api": kine+SQLite followed through kine's watch, and "postgres", "mysql":
+// kine's table read directly on those servers, restored into SQLite files) the backends.
 func TestWatchPointInTime(t *testing.T) {
 	rig.RequireIntegration(t)
 	secs, _ := strconv.Atoi(envOr("VCSNAP_WATCH_SECONDS", "30"))
@@ -83,8 +84,12 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	v := rig.StartVirtual(t, rigKind)
 	sw.lap("start virtual cluster")
 	src := datastoreURL(t, v.Datastore)
-	if kind == "sqlite" {
-		src = "sqlite://" + v.SQLitePath // kine's table read directly
+	switch kind {
+	case "sqlite", "postgres", "mysql":
+		src = v.Datastore.KineDSN() // kine's table read directly
+		if kind == "sqlite" {
+			src = "sqlite://" + v.SQLitePath
+		}
 	}
 	prefix := "file://" + t.TempDir() + "/pitr/"
 	etcd := v.Datastore.Client(t)
@@ -165,7 +170,7 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	waitFor(lctx, 3*time.Second)
 	// What the store holds: a bundle may have been stored just before the kill without
 	// the watcher getting to print it.
-	lastBefore := storedEnd(t, newCLI(t, nil), prefix)
+	lastBefore, unlinkedFulls := storedEnd(t, newCLI(t, nil), prefix)
 	w2 := startWatcher(t, src, prefix, "restarted", nw)
 	first := w2.waitBundles(t, 1, 60*time.Second)[0]
 	down.Store(false)
@@ -187,8 +192,11 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 		})
 		for _, ev := range evs {
 			if ev.Manifest.Kind == bundle.KindDelta {
-				if ev.Manifest.BaseRevision != lastBefore.ToRevision {
-					t.Fatalf("the first delta after the restart starts at revision %d, the chain in the store ended at %d", ev.Manifest.BaseRevision, lastBefore.ToRevision)
+				// It goes on where the chain ended, or from a full bundle stored just before the
+				// kill that no delta started from yet (read again from its revision).
+				if b := ev.Manifest.BaseRevision; b != lastBefore.ToRevision && !unlinkedFulls[b] {
+					t.Fatalf("the first delta after the restart starts at revision %d, the chain in the store ended at %d (unlinked full bundles at %v)",
+						b, lastBefore.ToRevision, unlinkedFulls)
 				}
 				break
 			}
@@ -287,23 +295,34 @@ func watchPointInTime(t *testing.T, kind string, load time.Duration, rate int) {
 	t.Logf("%s: %s", kind, sw.summary())
 }
 
-// storedEnd is the chain under the prefix that reaches the highest revision.
-func storedEnd(t *testing.T, cli *vcsnapCLI, prefix string) *snapshot.Chain {
+// storedEnd is the chain under the prefix whose deltas reach the highest revision, and
+// the revisions of full bundles no delta starts from yet.
+func storedEnd(t *testing.T, cli *vcsnapCLI, prefix string) (*snapshot.Chain, map[int64]bool) {
 	t.Helper()
 	var out struct {
 		Chains []*snapshot.Chain `json:"chains"`
 	}
 	cli.mustJSON(t, &out, "snapshot", "list", "--chains", prefix)
 	var end *snapshot.Chain
+	unlinked := map[int64]bool{}
 	for _, c := range out.Chains {
-		if end == nil || c.ToRevision > end.ToRevision {
+		// A full bundle no delta starts from yet ends nothing: the deltas end the chain.
+		if len(c.Deltas) > 0 && (end == nil || c.ToRevision > end.ToRevision) {
+			end = c
+		}
+		if len(c.Deltas) == 0 {
+			unlinked[c.FromRevision] = true
+		}
+	}
+	for _, c := range out.Chains {
+		if end == nil || (len(end.Deltas) == 0 && c.ToRevision > end.ToRevision) {
 			end = c
 		}
 	}
 	if end == nil {
 		t.Fatal("no chain under the prefix")
 	}
-	return end
+	return end, unlinked
 }
 
 // compactedRestart writes while no watcher runs, compacts etcd past the chain's last
@@ -311,7 +330,7 @@ func storedEnd(t *testing.T, cli *vcsnapCLI, prefix string) *snapshot.Chain {
 // why, and the state after it must restore exactly.
 func compactedRestart(t *testing.T, ctx context.Context, cs kubernetes.Interface, etcd *clientv3.Client, src, prefix string, cli *vcsnapCLI, nw *newest) {
 	t.Helper()
-	old := storedEnd(t, cli, prefix)
+	old, _ := storedEnd(t, cli, prefix)
 	for i := range 20 {
 		if _, err := cs.CoreV1().ConfigMaps("load").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("while-down-%d", i)}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -602,9 +621,15 @@ func (w *watcherProc) waitBundles(t *testing.T, n int, timeout time.Duration) []
 	return w.waitUntil(t, timeout, fmt.Sprintf("%d bundles", n), func(ev []snapshot.WatchEvent) bool { return len(ev) >= n })
 }
 
+// waitRevision waits for a delta that reaches rev.
 func (w *watcherProc) waitRevision(t *testing.T, rev int64, timeout time.Duration) {
-	w.waitUntil(t, timeout, fmt.Sprintf("a bundle at revision %d", rev), func(ev []snapshot.WatchEvent) bool {
-		return len(ev) > 0 && ev[len(ev)-1].Manifest.Revision >= rev
+	w.waitUntil(t, timeout, fmt.Sprintf("a delta at revision %d", rev), func(evs []snapshot.WatchEvent) bool {
+		for _, ev := range evs {
+			if ev.Manifest.Kind == bundle.KindDelta && ev.Manifest.Revision >= rev {
+				return true
+			}
+		}
+		return false
 	})
 }
 
