@@ -37,7 +37,9 @@ func (g *Guard) Save(ctx context.Context, store string) error {
 	if err != nil {
 		return fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
 	}
-	g.Saved = sb.URL
+	// The URL as given keeps the store's options (endpoint, region), which the store's
+	// own rendering of the name drops; the undo command must work when pasted.
+	g.Saved = store
 	// Said before the first write, so that even a run killed outright (SIGKILL, OOM, a
 	// lost node) leaves the one command that brings the old keys back in its log.
 	slog.Info("saved the target's current keys before replacing them; if this "+g.Op+" is interrupted, bring them back with the undo command",

@@ -37,6 +37,8 @@ type kubeFlags struct {
 	dryRun     bool
 	timeout    time.Duration
 	cfg        *rest.Config // set by connect
+	// flagNames names the flags that chose kubeconfig and context, for errors.
+	flagNames string
 }
 
 func (k *kubeFlags) add(f *pflag.FlagSet, engine bool) {
@@ -58,7 +60,11 @@ func (k *kubeFlags) connect() (kubernetes.Interface, error) {
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: k.context})
 	cfg, err := cc.ClientConfig()
 	if err != nil {
-		return nil, usageError{fmt.Errorf("host cluster kubeconfig: %w (pass --kubeconfig and --context)", err)}
+		flags := k.flagNames
+		if flags == "" {
+			flags = "--kubeconfig and --context"
+		}
+		return nil, usageError{fmt.Errorf("host cluster kubeconfig: %w (pass %s)", err, flags)}
 	}
 	if k.namespace == "" {
 		if k.namespace, _, err = cc.Namespace(); err != nil || k.namespace == "" {

@@ -114,6 +114,7 @@ func retarget(b *byNameRestore, t *targetFlags, tf *translateFlags, name string)
 	b.target = &restoreTarget{fromNamespace: b.kf.namespace, fromName: name, anotherHost: t.kubeconfig != "", serviceCIDR: tf.serviceCIDR}
 	if t.kubeconfig != "" {
 		b.kf.kubeconfig, b.kf.context = t.kubeconfig, t.context
+		b.kf.flagNames = "--target-kubeconfig and --target-context"
 	}
 	b.kf.namespace = cmp.Or(t.namespace, b.kf.namespace)
 	return cmp.Or(t.name, name), nil
