@@ -34,6 +34,7 @@ var valueSets = map[string][]string{
 	"full": {"virtualClusters[0].name=vc1", "virtualClusters[0].datastore=sqlite:///data/state.db",
 		"virtualClusters[0].dataPVC=data-vc1-0", "virtualClusters[0].store=s3://backups/vc1/",
 		"virtualClusters[0].schedule=*/5 * * * *", "virtualClusters[0].retention.keepLast=3",
+		"virtualClusters[0].watch.enabled=true", "virtualClusters[0].watch.deltaEvery=2s", "virtualClusters[0].watch.keepWithin=3d",
 		"virtualClusters[1].name=vc2", "virtualClusters[1].datastore=etcds://vc2-etcd:2379",
 		"virtualClusters[1].store=file:///backups/vc2/",
 		"s3.region=eu-west-1", "s3.endpoint=http://minio:9000", "s3.forcePathStyle=true", "s3.sse=aws:kms",
@@ -94,10 +95,17 @@ func TestChartLintAndTemplate(t *testing.T) {
 	for _, want := range []string{"s3://backups/vc1/vc1-{time}?region=eu-west-1&endpoint=http://minio:9000&force-path-style=true&sse=aws:kms&kms-key-id=alias/backups",
 		"- s3://backups/vc1/vc1-?region=eu-west-1&endpoint=http://minio:9000&force-path-style=true&sse=aws:kms&kms-key-id=alias/backups",
 		"--encrypt-passphrase-file=/etc/vcsnap/passphrase/passphrase", "--pushgateway=http://pushgateway:9091", "--keep-last=3",
-		"schedule: \"*/5 * * * *\"", "kind: Job", "--identity-file=/etc/vcsnap/identity/identity.txt", "- --force"} {
+		"schedule: \"*/5 * * * *\"", "kind: Job", "--identity-file=/etc/vcsnap/identity/identity.txt", "- --force",
+		// vc1's watcher: one pod at a time, its chains under pitr/vc1/, pruned whole by the CronJob.
+		"kind: Deployment", "name: backups-vcsnap-vc1-watch", "strategy: {type: Recreate}", "- watch", "--delta-every=2s", "--full-every=6h",
+		"- s3://backups/vc1/pitr/vc1/?region=eu-west-1&endpoint=http://minio:9000&force-path-style=true&sse=aws:kms&kms-key-id=alias/backups",
+		"name: prune-pitr", "--keep-within=3d"} {
 		if !strings.Contains(full, want) {
 			t.Errorf("full rendering lacks %q", want)
 		}
+	}
+	if n := strings.Count(full, "kind: Deployment"); n != 1 {
+		t.Errorf("full rendering has %d Deployments, want only vc1's watcher", n)
 	}
 }
 

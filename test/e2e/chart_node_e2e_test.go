@@ -67,6 +67,7 @@ virtualClusters:
     datastore: unix:///data/kine.sock
     dataPVC: %q
     store: %q
+    watch: {enabled: true, deltaEvery: 1s}
 schedule: "* * * * *"
 s3:
   endpoint: %q
@@ -97,7 +98,7 @@ podSecurityContext:
 		t.Fatalf("helm template: %v\n%s", err, out)
 	}
 	for _, want := range []string{"image: " + rig.VCSnapImageRef, "imagePullPolicy: Never", "runAsUser: 0", "--keep-last=2",
-		"claimName: " + vc.PVC, "- --summary"} {
+		"claimName: " + vc.PVC, "- --summary", "- watch", "name: prune-pitr"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("rendering lacks %q:\n%s", want, out)
 		}
@@ -185,9 +186,15 @@ podSecurityContext:
 	if failed {
 		t.Fatalf("the CronJob's first Job %s failed; pod status: %+v", job.Name, pod.Status)
 	}
-	for _, st := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
-		if len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 0 {
-			t.Fatalf("container statuses %+v: want one container terminated with exit code 0", st)
+	// snapshot (init), then prune and prune-pitr (the watcher's chains).
+	for i, st := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		if want := i + 1; len(st) != want {
+			t.Fatalf("container statuses %+v: want %d", st, want)
+		}
+		for _, c := range st {
+			if c.State.Terminated == nil || c.State.Terminated.ExitCode != 0 {
+				t.Fatalf("container %s: %+v, want terminated with exit code 0", c.Name, c.State)
+			}
 		}
 	}
 	var summary *report.Summary
@@ -239,6 +246,55 @@ podSecurityContext:
 	t.Logf("apply to first successful Job: %.1fs (Job created %.1fs after apply at the schedule's minute, ran %s, timestamps in whole seconds); "+
 		"bundle %s: %d keys, %d bytes, revision %d; whole test %s",
 		firstJob.Seconds(), created.Seconds(), ran, entry.Name, mf.Keys, entry.Size, mf.Revision, sw.summary())
+
+	checkChartWatcher(t, ctx, cli, bucket, prefix+"pitr/"+vc.Name+"/", vc)
+	sw.lap("watcher: a change reaches a delta and a point-in-time restore")
+}
+
+// checkChartWatcher: the chart's watch Deployment captures a change made in the virtual
+// cluster into a delta bundle, and a point-in-time restore at that change's revision
+// brings it back (read through kine from the restored SQLite file).
+func checkChartWatcher(t *testing.T, ctx context.Context, cli *vcsnapCLI, bucket s3Bucket, pitr string, vc *rig.VClusterOnNode) {
+	t.Helper()
+	vcs := kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
+	probe, err := vcs.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "pitr-probe"}, Data: map[string]string{"at": time.Now().UTC().Format(time.RFC3339Nano)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := rvInt(t, probe.ResourceVersion)
+	type chainList struct {
+		Chains []*snapshot.Chain `json:"chains"`
+	}
+	rig.WaitReady(t, 2*time.Minute, fmt.Sprintf("a chain under %s reaching revision %d", pitr, rev), func(ctx context.Context) error {
+		var cl chainList
+		if r := cli.run(t, "snapshot", "list", "--chains", "-o", "json", bucket.url(pitr)); r.Code != 0 {
+			return fmt.Errorf("list: %s", r)
+		} else if err := json.Unmarshal([]byte(r.Stdout), &cl); err != nil {
+			return fmt.Errorf("list output: %v", err)
+		}
+		for _, c := range cl.Chains {
+			if len(c.Deltas) > 0 && c.ToRevision >= rev && c.Gap == nil {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d chains, none with a delta reaching revision %d", len(cl.Chains), rev)
+	})
+	dir := t.TempDir()
+	db := filepath.Join(dir, "state.db")
+	cli.mustJSON(t, &map[string]any{}, "restore", "--to-revision", fmt.Sprint(rev), "--datastore", "sqlite://"+db, bucket.url(pitr))
+	k := rig.StartKine(t, rig.SQLiteDSN(db))
+	defer k.Stop()
+	c := rig.EtcdClient(t, k.Endpoint, nil)
+	defer c.Close()
+	got, err := c.Get(ctx, "/registry/configmaps/default/pitr-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Kvs) != 1 || !strings.Contains(string(got.Kvs[0].Value), probe.Data["at"]) {
+		t.Fatalf("the point-in-time restore at revision %d lacks the probe ConfigMap written at it: %d keys", rev, len(got.Kvs))
+	}
 }
 
 func ownedBy(j *batchv1.Job, kind, name string) bool {

@@ -74,3 +74,10 @@ tolerations: {{- toYaml . | nindent 2 }}
 affinity: {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Where a cluster's delta chains live: apart from the CronJob's <store><name>- bundles,
+so each has its own retention. Args: the virtualClusters entry, the store query. */}}
+{{- define "vcsnap.pitrPrefix" -}}
+{{- $vc := index . 0 -}}{{- $query := index . 1 -}}
+{{ printf "%spitr/%s/%s" $vc.store $vc.name $query }}
+{{- end -}}
