@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -155,8 +156,28 @@ func NewS3Store(ctx context.Context, opts S3Options) (*S3Store, error) {
 	return &S3Store{client: client, opts: opts, region: cfg.Region}, nil
 }
 
+// URL renders the object with the options needed to reach it again (region, endpoint,
+// path style, profile) so that a URL printed by list or restore works when pasted; write
+// options (sse, part size) and credentials are left out.
 func (s *S3Store) URL(name string) string {
-	return "s3://" + s.opts.Bucket + "/" + name
+	var q []string
+	if s.opts.Region != "" {
+		q = append(q, "region="+s.opts.Region)
+	}
+	if s.opts.Endpoint != "" {
+		q = append(q, "endpoint="+s.opts.Endpoint)
+	}
+	if s.opts.PathStyle {
+		q = append(q, "force-path-style=true")
+	}
+	if s.opts.Profile != "" {
+		q = append(q, "profile="+s.opts.Profile)
+	}
+	u := "s3://" + s.opts.Bucket + "/" + name
+	if len(q) > 0 {
+		u += "?" + strings.Join(q, "&")
+	}
+	return u
 }
 
 // partSize returns the size of part n (1-based): it doubles every 1,000 parts.

@@ -72,7 +72,7 @@ func TestOpenURLs(t *testing.T) {
 		t.Fatalf("file URL: %+v %v", loc, err)
 	}
 	loc, err = storage.Open(ctx, "s3://bkt/path/name?region=eu-west-1&force-path-style=true&endpoint=http://127.0.0.1:1&sse=aws:kms&kms-key-id=k")
-	if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != "s3://bkt/path/name" {
+	if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != "s3://bkt/path/name?region=eu-west-1&endpoint=http://127.0.0.1:1&force-path-style=true" {
 		t.Fatalf("s3 URL: %+v %v", loc, err)
 	}
 }
