@@ -451,7 +451,7 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 	// A handle map: the storage now knows the first snapshot only under a new
 	// handle (as after a copy to another region).
 	moved := "copied-" + first.SnapshotHandle
-	moveSnapshot(t, hA.VolumeRoot, first.SnapshotHandle, moved)
+	rig.MoveTestSnapshot(t, hA.VolumeRoot, first.SnapshotHandle, moved)
 	// Without the map the restore fails within its timeout, even forced over the
 	// existing PVC: that PVC and its data stay, nothing temporary is left.
 	before, err := cB.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, first.PVC, metav1.GetOptions{})
@@ -537,27 +537,3 @@ func dryPrint(b *bytes.Buffer) func(string) {
 	return func(s string) { b.WriteString(s + "\n") }
 }
 
-// moveSnapshot renames a snapshot of the test driver on its storage.
-func moveSnapshot(t *testing.T, root, from, to string) {
-	t.Helper()
-	dir := filepath.Join(root, "snapshots")
-	meta, err := os.ReadFile(filepath.Join(dir, from+".json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(meta, &m); err != nil {
-		t.Fatal(err)
-	}
-	m["id"], m["name"] = to, to
-	meta, _ = json.Marshal(m)
-	if err := os.WriteFile(filepath.Join(dir, to+".json"), meta, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(filepath.Join(dir, from+".tar"), filepath.Join(dir, to+".tar")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, from+".json")); err != nil {
-		t.Fatal(err)
-	}
-}

@@ -114,11 +114,9 @@ func TestBenchmarks(t *testing.T) {
 const fullMaxKeys = 200_000
 
 func buildVcsnap(t *testing.T) string {
-	out := filepath.Join(t.TempDir(), "vcsnap")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "github.com/vcsnap/vcsnap/cmd/vcsnap")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build vcsnap: %v\n%s", err, b)
+	out, err := rig.BuildVCSnap(t.TempDir(), "bench")
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -71,7 +70,7 @@ func TestFailoverVolumesOnSecondHost(t *testing.T) {
 	os.WriteFile(src, makeBundle(t, 64<<10, vols), 0o644)
 	old := vols[0].SnapshotHandle
 	moved := "dr-" + old
-	moveTestSnapshot(t, hA.VolumeRoot, old, moved)
+	rig.MoveTestSnapshot(t, hA.VolumeRoot, old, moved)
 	handles := filepath.Join(dir, "handles.yaml")
 	os.WriteFile(handles, []byte(old+": "+moved+"\n"), 0o644)
 
@@ -138,29 +137,3 @@ func makeNamespaces(t *testing.T, ctx context.Context, c volumes.Clients, names 
 	}
 }
 
-// moveTestSnapshot gives a snapshot of the test CSI driver (test/csidriver) a new
-// handle on its storage: the old handle stops resolving, as a region-bound handle
-// does in another region.
-func moveTestSnapshot(t *testing.T, root, from, to string) {
-	t.Helper()
-	dir := filepath.Join(root, "snapshots")
-	meta, err := os.ReadFile(filepath.Join(dir, from+".json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(meta, &m); err != nil {
-		t.Fatal(err)
-	}
-	m["id"], m["name"] = to, to
-	meta, _ = json.Marshal(m)
-	if err := os.WriteFile(filepath.Join(dir, to+".json"), meta, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(filepath.Join(dir, from+".tar"), filepath.Join(dir, to+".tar")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, from+".json")); err != nil {
-		t.Fatal(err)
-	}
-}

@@ -9,9 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -32,7 +29,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		start := time.Now()
-		vcsnapBin, err = buildVcsnap(dir)
+		vcsnapBin, err = rig.BuildVCSnap(dir, "e2e")
 		if err != nil {
 			os.RemoveAll(dir)
 			fmt.Fprintln(os.Stderr, "e2e: build vcsnap:", err)
@@ -54,17 +51,3 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildVcsnap builds ./cmd/vcsnap as the release build does (static, no cgo).
-func buildVcsnap(dir string) (string, error) {
-	goBin := "go"
-	if _, err := exec.LookPath(goBin); err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	out := filepath.Join(dir, "vcsnap")
-	cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", out, "github.com/vcsnap/vcsnap/cmd/vcsnap")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%v\n%s", err, b)
-	}
-	return out, nil
-}

@@ -4,9 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -26,7 +23,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "reliability:", err)
 			os.Exit(1)
 		}
-		if vcsnapBin, err = buildVcsnap(dir); err != nil {
+		if vcsnapBin, err = rig.BuildVCSnap(dir, "reliability"); err != nil {
 			os.RemoveAll(dir)
 			fmt.Fprintln(os.Stderr, "reliability: build vcsnap:", err)
 			os.Exit(1)
@@ -40,20 +37,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildVcsnap builds ./cmd/vcsnap as the release build does (static, no cgo).
-func buildVcsnap(dir string) (string, error) {
-	goBin := "go"
-	if _, err := exec.LookPath(goBin); err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	out := filepath.Join(dir, "vcsnap")
-	cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags", "-X main.version=reliability", "-o", out, "github.com/vcsnap/vcsnap/cmd/vcsnap")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%v\n%s", err, b)
-	}
-	return out, nil
-}
 
 // fullRun reports whether the published counts are asked for (make reliability).
 func fullRun() bool { return os.Getenv("VCSNAP_RELIABILITY") == "1" }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -187,4 +188,31 @@ func ChartDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(root, "chart", "vcsnap")
+}
+
+// MoveTestSnapshot gives a snapshot of the test CSI driver (test/csidriver) a new
+// handle on its storage: the old handle stops resolving, as a region-bound handle
+// does in another region.
+func MoveTestSnapshot(t testing.TB, root, from, to string) {
+	t.Helper()
+	dir := filepath.Join(root, "snapshots")
+	meta, err := os.ReadFile(filepath.Join(dir, from+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(meta, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["id"], m["name"] = to, to
+	meta, _ = json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(dir, to+".json"), meta, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, from+".tar"), filepath.Join(dir, to+".tar")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, from+".json")); err != nil {
+		t.Fatal(err)
+	}
 }
