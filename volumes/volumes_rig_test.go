@@ -536,4 +536,3 @@ func TestVolumesSnapshotRestore(t *testing.T) {
 func dryPrint(b *bytes.Buffer) func(string) {
 	return func(s string) { b.WriteString(s + "\n") }
 }
-

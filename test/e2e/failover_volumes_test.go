@@ -136,4 +136,3 @@ func makeNamespaces(t *testing.T, ctx context.Context, c volumes.Clients, names 
 		}
 	}
 }
-

@@ -50,4 +50,3 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
-

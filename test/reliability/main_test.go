@@ -37,7 +37,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-
 // fullRun reports whether the published counts are asked for (make reliability).
 func fullRun() bool { return os.Getenv("VCSNAP_RELIABILITY") == "1" }
 
