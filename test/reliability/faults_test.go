@@ -78,6 +78,27 @@ func hostPort(endpoint string) string {
 }
 
 // requireClearFailure checks a failed run said what went wrong in one Error line.
+// checkFaultySnapshot judges a snapshot create run through a faulty link: a bundle it
+// made restores to exactly the source's state (restored under checkDir), and a failure
+// is clear and leaves no bundle at name. It returns the outcome for the tally.
+func checkFaultySnapshot(t *testing.T, c *cli, res result, name, checkDir string, source state, trial string) string {
+	t.Helper()
+	if res.Code != 0 {
+		requireClearFailure(t, res, trial)
+		if _, err := os.Stat(name); err == nil {
+			t.Errorf("%s: a failed snapshot left a bundle", trial)
+		}
+		return "create failed cleanly"
+	}
+	restored := filepath.Join(checkDir, "state.db")
+	os.MkdirAll(checkDir, 0o755)
+	c.mustRun(t, "restore", "--datastore", "sqlite://"+restored, "file://"+name)
+	if d := readState(t, "sqlite://"+restored, open.Options{}).diff(source); d != "" {
+		t.Errorf("%s: the snapshot taken through the faulty link differs from the source: %s", trial, d)
+	}
+	return "created, equal to the source"
+}
+
 func requireClearFailure(t *testing.T, res result, trial string) {
 	t.Helper()
 	if !strings.Contains(res.Stderr, "Error: ") || res.Code == 0 {
@@ -246,21 +267,7 @@ func TestFaultsEtcd(t *testing.T) {
 		srcProxy.SetPlan(tcpPlan(r, 1+r.Intn(3), 1<<20, false))
 		name := filepath.Join(dir, fmt.Sprintf("trial-%03d", i))
 		res := c.run(t, "snapshot", "create", "--datastore", "etcd://"+srcProxy.Addr, "file://"+name)
-		outcome := "created, equal to the source"
-		if res.Code == 0 {
-			restored := filepath.Join(dir, fmt.Sprintf("check-%03d", i), "state.db")
-			os.MkdirAll(filepath.Dir(restored), 0o755)
-			c.mustRun(t, "restore", "--datastore", "sqlite://"+restored, "file://"+name)
-			if d := readState(t, "sqlite://"+restored, open.Options{}).diff(sourceState); d != "" {
-				t.Errorf("%s: the snapshot taken through the faulty link differs from the source: %s", trial, d)
-			}
-		} else {
-			outcome = "create failed cleanly"
-			requireClearFailure(t, res, trial)
-			if _, err := os.Stat(name); err == nil {
-				t.Errorf("%s: a failed snapshot left a bundle", trial)
-			}
-		}
+		outcome := checkFaultySnapshot(t, c, res, name, filepath.Join(dir, fmt.Sprintf("check-%03d", i)), sourceState, trial)
 		snaps.add(outcome, diffCounts(before, tcpFaults(srcProxy)))
 
 		// Restore --force through the faulty link (client-to-server bytes are the writes).
@@ -378,21 +385,7 @@ func TestFaultsPostgres(t *testing.T) {
 		srcProxy.SetPlan(tcpPlan(r, 1+r.Intn(2), 2<<20, false))
 		name := filepath.Join(dir, fmt.Sprintf("trial-%03d", i))
 		res := c.run(t, "snapshot", "create", "--datastore", pgURL(src, srcProxy.Addr), "--datastore-password-file", pw, "file://"+name)
-		outcome := "created, equal to the source"
-		if res.Code == 0 {
-			restored := filepath.Join(dir, fmt.Sprintf("check-%03d", i), "state.db")
-			os.MkdirAll(filepath.Dir(restored), 0o755)
-			c.mustRun(t, "restore", "--datastore", "sqlite://"+restored, "file://"+name)
-			if d := readState(t, "sqlite://"+restored, open.Options{}).diff(sourceState); d != "" {
-				t.Errorf("%s: the snapshot taken through the faulty link differs from the source: %s", trial, d)
-			}
-		} else {
-			outcome = "create failed cleanly"
-			requireClearFailure(t, res, trial)
-			if _, err := os.Stat(name); err == nil {
-				t.Errorf("%s: a failed snapshot left a bundle", trial)
-			}
-		}
+		outcome := checkFaultySnapshot(t, c, res, name, filepath.Join(dir, fmt.Sprintf("check-%03d", i)), sourceState, trial)
 		snaps.add(outcome, diffCounts(before, tcpFaults(srcProxy)))
 
 		before = tcpFaults(tgtProxy)
