@@ -378,8 +378,18 @@ func deleteJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) {
 }
 
 // DecodeResult decodes the engine's `-o json` output, the last top-level JSON object in
-// its log (log lines before it are text).
+// its log. The pod log merges the engine's stdout (the JSON) and stderr (text log lines,
+// each starting with "time=") line by line, in no guaranteed order between the two, so a
+// log line may land inside the JSON: those lines are left out first.
 func DecodeResult(logs string, v any) error {
+	lines := strings.SplitAfter(logs, "\n")
+	kept := lines[:0]
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "time=") {
+			kept = append(kept, l)
+		}
+	}
+	logs = strings.Join(kept, "")
 	i := strings.LastIndex(logs, "\n{\n")
 	if i < 0 {
 		if strings.HasPrefix(logs, "{\n") {
