@@ -13,20 +13,23 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.etcd.io/etcd/server/v3/lease/leasepb"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"go.etcd.io/etcd/server/v3/storage/schema"
-	"go.uber.org/zap"
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
-// A write transaction of the temporary database is committed after this many bytes, so
+// A write transaction of the database is committed after this many bytes of records, so
 // memory stays bounded whatever the size of the restore (bbolt holds a transaction's
-// new pages in the heap until it commits).
-const txBytes = 16 << 20
+// records, and at commit its new pages, in the heap). Small enough for the collector to
+// find room under vcsnap's memory limit without running constantly.
+const txBytes = 4 << 20
+
+// revKeyLen is the length of a key in etcd's key bucket: the main revision, '_', the sub
+// revision.
+const revKeyLen = 8 + 1 + 8
 
 // mmapBytes is the address space the temporary database is mapped with from the start
 // (etcd's own backend reserves 10 GiB the same way). It is not memory: pages count only
@@ -46,10 +49,12 @@ type Target struct {
 	dirty bool // the target directory exists and is not empty
 	base  int64
 
-	work string // <parent>/.<base>.vcsnap-tmp-<pid>
+	work string // <parent>/.<base>.vcsnap-tmp-<pid>, holding the new data directory "data"
 	db   *bolt.DB
 	tx   *bolt.Tx
-	txN  int
+	// slab holds the encoded records of the open transaction: bbolt keeps the slices it
+	// is given until the commit, after which the slab is reused.
+	slab []byte
 	next int64 // the main revision of the next key
 	keys int64
 
@@ -128,34 +133,32 @@ func (t *Target) Prepare(ctx context.Context, opts datastore.PrepareOptions) (da
 	return t.state, nil
 }
 
-// Begin creates the work directory next to the target and the temporary snapshot
-// database in it, with etcd's buckets.
+// Begin checks the member configuration, creates the work directory next to the target
+// and the new data directory's database in it, with etcd's buckets.
 func (t *Target) Begin(ctx context.Context) error {
 	t.cleanup()
+	cl, err := newCluster(t.cfg)
+	if err != nil {
+		return fmt.Errorf("etcd member configuration: %w", err)
+	}
 	t.work = filepath.Join(filepath.Dir(t.cfg.Dir), fmt.Sprintf(".%s.vcsnap-tmp-%d", filepath.Base(t.cfg.Dir), os.Getpid()))
 	_ = os.RemoveAll(t.work) // left by a killed run with the same process ID
-	if err := os.MkdirAll(t.work, 0o700); err != nil {
-		return fmt.Errorf("%w: %v", datastore.ErrUnavailable, err)
+	if err := initMember(t.cfg, cl, t.data()); err != nil {
+		return fmt.Errorf("create the etcd member in %s: %w", t.data(), err)
 	}
-	db, err := bolt.Open(filepath.Join(t.work, "snapshot.db"), 0o600, &bolt.Options{NoSync: true, NoGrowSync: true, Timeout: time.Second,
-		InitialMmapSize: mmapBytes})
+	// Synced once at Commit. No freelist is kept on disk, as etcd's own backend does.
+	db, err := bolt.Open(filepath.Join(t.data(), "member", "snap", "db"), 0o600, &bolt.Options{NoSync: true, NoGrowSync: true,
+		NoFreelistSync: true, Timeout: time.Second, InitialMmapSize: mmapBytes})
 	if err != nil {
 		return err
 	}
 	t.db = db
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range schema.AllBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b.Name()); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
 	t.next = t.base + 1
 	return nil
 }
+
+// data is the new data directory, inside the work directory.
+func (t *Target) data() string { return filepath.Join(t.work, "data") }
 
 func (t *Target) begin() (*bolt.Tx, error) {
 	if t.tx == nil {
@@ -164,7 +167,7 @@ func (t *Target) begin() (*bolt.Tx, error) {
 			return nil, err
 		}
 		t.tx = tx
-		t.txN = 0
+		t.slab = t.slab[:0]
 	}
 	return t.tx, nil
 }
@@ -217,27 +220,48 @@ func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
 		create = rev
 	}
 	rec := mvccpb.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: create, ModRevision: rev, Version: max(kv.Version, 1), Lease: kv.Lease}
-	v, err := rec.Marshal()
-	if err != nil {
+	// The revision key and the record go into the slab (or, when the slab is full or too
+	// small, a buffer of their own, and the transaction commits to empty the slab).
+	n := revKeyLen + rec.Size()
+	if t.slab == nil {
+		t.slab = make([]byte, 0, txBytes)
+	}
+	var buf []byte
+	inSlab := len(t.slab)+n <= cap(t.slab)
+	if inSlab {
+		buf = t.slab[len(t.slab) : len(t.slab)+n]
+		t.slab = t.slab[:len(t.slab)+n]
+	} else {
+		buf = make([]byte, n)
+	}
+	k := mvcc.RevToBytes(mvcc.Revision{Main: rev}, buf[:revKeyLen])
+	if _, err := rec.MarshalToSizedBuffer(buf[revKeyLen:]); err != nil {
 		return err
 	}
 	b := tx.Bucket(schema.Key.Name())
 	b.FillPercent = 1.0
-	if err := b.Put(mvcc.RevToBytes(mvcc.Revision{Main: rev}, mvcc.NewRevBytes()), v); err != nil {
+	if err := b.Put(k, buf[revKeyLen:]); err != nil {
 		return err
 	}
 	t.keys++
-	t.txN += len(v)
-	if t.txN >= txBytes {
+	if !inSlab || len(t.slab) >= txBytes*7/8 {
 		return t.commitTx()
 	}
 	return nil
 }
 
-// Commit finishes the snapshot database, runs etcd's restore on it (member directory,
-// WAL, raft snapshot, membership; the revision bumped to the final one and marked
-// compacted, as etcdutl --bump-revision --mark-compacted) and swaps the result in.
+// Commit ends the revision at the final one, marked compacted (see markCompacted),
+// syncs the database and swaps the new data directory in.
 func (t *Target) Commit(ctx context.Context) (int64, error) {
+	// The newest key is at next-1; the final revision, next, is the compaction mark.
+	final := t.next
+	tx, err := t.begin()
+	if err != nil {
+		return 0, err
+	}
+	if err := markCompacted(tx, final); err != nil {
+		return 0, err
+	}
 	if err := t.commitTx(); err != nil {
 		return 0, err
 	}
@@ -248,27 +272,7 @@ func (t *Target) Commit(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	t.db = nil
-	// The newest key is at next-1; the final revision, one above, is the compaction mark.
-	final := t.next
-	latest := t.next - 1
-	if t.keys == 0 {
-		latest = 0
-	}
-	data := filepath.Join(t.work, "data")
-	err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
-		SnapshotPath:        filepath.Join(t.work, "snapshot.db"),
-		Name:                t.cfg.Name,
-		OutputDataDir:       data,
-		PeerURLs:            []string{t.cfg.PeerURL},
-		InitialCluster:      t.cfg.Name + "=" + t.cfg.PeerURL,
-		InitialClusterToken: t.cfg.ClusterToken,
-		SkipHashCheck:       true, // written here, not taken from a server: there is no hash
-		RevisionBump:        uint64(final - latest),
-		MarkCompacted:       true,
-	})
-	if err != nil {
-		return 0, fmt.Errorf("etcd restore into %s: %w", data, err)
-	}
+	data := t.data()
 	if err := os.Chmod(data, 0o700); err != nil {
 		return 0, err
 	}

@@ -277,6 +277,7 @@ func benchEtcd(t *testing.T, bin string, n int, minio *rig.MinIO) []Row {
 	db := filepath.Join(dir, "etcd.db")
 	m = run(t, nil, srcP, rig.Tool(t, "etcdctl"), "--endpoints", src.Endpoint, "snapshot", "save", db)
 	rows = append(rows, row("snapshot create (file)", "etcdctl snapshot save (no compression)", m, fileSize(t, db)))
+	keep(t, db)
 	m = m.then(run(t, nil, nil, "zstd", "-q", "-3", "-f", db, "-o", db+".zst"))
 	rows = append(rows, row("snapshot create (file)", "etcdctl snapshot save + zstd -3", m, fileSize(t, db+".zst")))
 
@@ -332,6 +333,7 @@ func benchKine(t *testing.T, bin, bundle string, row func(op, method string, m s
 	kineHistory(t, k.Endpoint)
 	k.Stop()
 	from := "sqlite://" + state
+	keep(t, bundle, state)
 
 	out := filepath.Join(dir, "snap-sqlite")
 	m = run(t, nil, nil, bin, "snapshot", "create", "-q", "--datastore", from, "file://"+out)
@@ -441,6 +443,24 @@ func putPerKey(t *testing.T, from *clientv3.Client, target *rig.Etcd) sample {
 		}
 	}
 	return sample{d: time.Since(start), cpu: selfCPU() - cpu0, server: server()}
+}
+
+// keep copies the inputs of the measured commands into $VCSNAP_BENCH_KEEP, when set, so
+// one command can be re-run or profiled alone (--cpuprofile) without the whole harness.
+func keep(t *testing.T, paths ...string) {
+	dir := os.Getenv("VCSNAP_BENCH_KEEP")
+	if dir == "" {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		if out, err := exec.Command("cp", p, filepath.Join(dir, filepath.Base(p))).CombinedOutput(); err != nil {
+			t.Fatalf("keep %s: %v\n%s", p, err, out)
+		}
+	}
+	t.Logf("kept %v in %s", paths, dir)
 }
 
 func fileSize(t *testing.T, p string) int64 {
