@@ -87,6 +87,15 @@ type Target interface {
 	Close() error
 }
 
+// Staged is implemented by targets whose writes nobody can see before Commit: they build
+// a new file or directory next to the target and swap it in (SQLite, etcd data
+// directories). Restore then verifies a bundle as it writes it instead of in a pass of
+// its own, since a bundle failing verification is undone by Abort with the target never
+// touched.
+type Staged interface {
+	StagedUntilCommit()
+}
+
 // MaxBumpRevision bounds --bump-revision so revision arithmetic cannot overflow.
 const MaxBumpRevision = 1 << 40
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/datastore/open"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
@@ -50,7 +51,12 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 	fm := plan.Full.Manifest
 	var keys int64
 	em := &targetEmitter{ctx: ctx, o: o, progress: o.Progress, total: fm.Keys}
-	res, err := write(ctx, o, plan.Revision, fm.Keys, func(t datastore.Target) error {
+	target, err := open.Target(ctx, o.Datastore, o.DatastoreOptions)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	res, err := write(ctx, o, target, plan.Revision, fm.Keys, func(t datastore.Target) error {
 		em.t = t
 		n, err := snapshot.Fold(ctx, pit.Store, plan.Full, pit.Changes, snapshot.ReadOptions{Keys: o.Keys}, em)
 		keys = n

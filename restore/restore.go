@@ -69,7 +69,8 @@ type Result struct {
 
 // Restore verifies the whole bundle first, so a corrupt, truncated, foreign or too-new
 // bundle is refused before the target is touched; then it streams the bundle into the
-// target (verifying again as it reads) and commits. If anything fails after writing has
+// target (verifying again as it reads) and commits. Targets staged until Commit (a new
+// SQLite file or etcd data directory) are written in the verifying pass itself. If anything fails after writing has
 // begun, the partial restore is undone rather than left half-written (see Target.Abort).
 func Restore(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
@@ -83,11 +84,27 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Progress: progressPhase(o.Progress, "verify"), Keys: o.Keys}, nil)
+	target, err := open.Target(ctx, o.Datastore, o.DatastoreOptions)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	// A staged target is written while the bundle is verified, in one pass: a bundle that
+	// fails is undone by Abort before the target was touched. Any other target, and any
+	// --force restore (which may first save the target's keys), is only written once the
+	// whole bundle has verified.
+	_, staged := target.(datastore.Staged)
+	staged = staged && !o.Force
+	var m *bundle.Manifest
+	if staged {
+		m, err = snapshot.Tail(ctx, loc)
+	} else {
+		m, _, err = snapshot.Scan(ctx, loc, snapshot.ReadOptions{Progress: progressPhase(o.Progress, "verify"), Keys: o.Keys}, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 	}
-	slog.Debug("verified the bundle", "took", time.Since(start))
+	slog.Debug("verified the bundle", "took", time.Since(start), "whileWriting", staged)
 	if m.Kind != bundle.KindFull {
 		return nil, fmt.Errorf("%s is a %s bundle; restore needs a full bundle", loc.Store.URL(loc.Name), m.Kind)
 	}
@@ -117,9 +134,12 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 			return nil
 		}
 		_, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply)
+		if err != nil && staged {
+			return fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
+		}
 		return err
 	}
-	res, err := write(ctx, o, m.Revision, m.Keys, feed)
+	res, err := write(ctx, o, target, m.Revision, m.Keys, feed)
 	if err != nil {
 		return nil, err
 	}
@@ -141,12 +161,7 @@ func transform(o Options, kv *bundle.KeyValue) (keep bool, err error) {
 // write opens the target, refuses it before writing when it must (non-empty without
 // Force, too large a revision gap), saves its keys with Force, then lets feed write the
 // keys and commits; any failure after writing began is undone by the Guard.
-func write(ctx context.Context, o Options, snapRev, snapKeys int64, feed func(datastore.Target) error) (*Result, error) {
-	target, err := open.Target(ctx, o.Datastore, o.DatastoreOptions)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
+func write(ctx context.Context, o Options, target datastore.Target, snapRev, snapKeys int64, feed func(datastore.Target) error) (*Result, error) {
 	bump := o.BumpRevision
 	if bump == 0 {
 		bump = DefaultBumpRevision

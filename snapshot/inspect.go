@@ -163,6 +163,28 @@ func Verify(ctx context.Context, url string, o ReadOptions) (*VerifyResult, erro
 	return &VerifyResult{URL: loc.Store.URL(loc.Name), Manifest: m, Bytes: size, Duration: time.Since(start)}, nil
 }
 
+// Tail reads a bundle's manifest from the end of the object, unverified: an incomplete
+// bundle, or one of a newer format, fails here. Scan verifies it against the body.
+func Tail(ctx context.Context, loc storage.Location) (*bundle.Manifest, error) {
+	m, _, err := tail(ctx, loc)
+	return m, err
+}
+
+func tail(ctx context.Context, loc storage.Location) (*bundle.Manifest, storage.ObjectInfo, error) {
+	info, err := loc.Store.Stat(ctx, loc.Name)
+	if err != nil {
+		return nil, info, err
+	}
+	m, err := readTail(ctx, loc.Store, info)
+	if err != nil {
+		if !isBundleHead(ctx, loc.Store, info.Name) && !errors.Is(err, bundle.ErrUnsupportedVersion) {
+			return nil, info, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), bundle.ErrNotBundle)
+		}
+		return nil, info, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), err)
+	}
+	return m, info, nil
+}
+
 // Scan streams a bundle through the verifying reader, calling fn for each record when fn
 // is not nil. It fails before reading the body when the tail says the bundle is
 // incomplete or of a newer format.
@@ -171,16 +193,9 @@ func Scan(ctx context.Context, loc storage.Location, o ReadOptions, fn func(*bun
 	if err != nil {
 		return nil, 0, err
 	}
-	info, err := loc.Store.Stat(ctx, loc.Name)
+	tm, info, err := tail(ctx, loc)
 	if err != nil {
 		return nil, 0, err
-	}
-	tm, err := readTail(ctx, loc.Store, info)
-	if err != nil {
-		if !isBundleHead(ctx, loc.Store, info.Name) && !errors.Is(err, bundle.ErrUnsupportedVersion) {
-			return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), bundle.ErrNotBundle)
-		}
-		return nil, 0, fmt.Errorf("%s: %w", loc.Store.URL(loc.Name), err)
 	}
 	rc, err := loc.Store.Get(ctx, loc.Name)
 	if err != nil {

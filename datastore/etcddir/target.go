@@ -375,3 +375,6 @@ func matchOwner(tree, dir string) {
 		return nil
 	})
 }
+
+// StagedUntilCommit: the new data directory is built next to the target (datastore.Staged).
+func (t *Target) StagedUntilCommit() {}

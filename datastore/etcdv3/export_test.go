@@ -6,3 +6,7 @@ func SetPageTargetBytes(n int64) (restore func()) {
 	pageTargetBytes = n
 	return func() { pageTargetBytes = old }
 }
+
+// BumpWriters is how many writers raise an etcd target's revision at once: the most its
+// final revision can overshoot the one asked for.
+const BumpWriters = bumpWriters

@@ -61,7 +61,7 @@ func TestRevisionRaisedBeforeKeys(t *testing.T) {
 			if final < want || resp.Header.Revision != final {
 				t.Fatalf("final revision %d (store at %d), want >= %d", final, resp.Header.Revision, want)
 			}
-			if final > want+3+16 {
+			if final > want+3+etcdv3.BumpWriters {
 				t.Errorf("final revision %d overshoots %d by more than the writers can", final, want)
 			}
 		})

@@ -62,6 +62,9 @@ func OpenSQLiteTarget(ctx context.Context, c Config) (*SQLiteTarget, error) {
 
 func (t *SQLiteTarget) Kind() string { return t.cfg.Kind() }
 
+// StagedUntilCommit: the new database is built next to the target (datastore.Staged).
+func (t *SQLiteTarget) StagedUntilCommit() {}
+
 func (t *SQLiteTarget) Close() error {
 	t.cleanup()
 	return nil
