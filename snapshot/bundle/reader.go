@@ -12,7 +12,6 @@ import (
 	"hash/crc32"
 	"io"
 
-	"github.com/klauspost/compress/zstd"
 )
 
 // hashingReader counts and hashes every byte read through it, and remembers a failure
@@ -113,7 +112,7 @@ type Reader struct {
 	in       *hashingReader
 	hdr      Header
 	chunks   *chunkReader
-	zr       *zstd.Decoder
+	zr       *frameDecoder
 	rec      *bufio.Reader
 	buf      []byte
 	rec0     Record
@@ -189,8 +188,7 @@ func newReader(r io.Reader, opts ReaderOptions, raw bool) (*Reader, error) {
 		}
 	}
 	var err error
-	br.zr, err = zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20),
-		zstd.WithDecoderLowmem(true))
+	br.zr, err = newFrameDecoder(body)
 	if err != nil {
 		return nil, err
 	}
