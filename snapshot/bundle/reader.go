@@ -11,7 +11,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-
 )
 
 // hashingReader counts and hashes every byte read through it, and remembers a failure
