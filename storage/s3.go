@@ -28,11 +28,13 @@ const (
 	maxParts    = 10000
 	minPartSize = 5 << 20
 	maxPartSize = 5 << 30
-	// DefaultPartSize is the size of the first 1,000 parts; it doubles every 1,000 parts,
-	// so 10,000 parts hold about 8 TiB while small bundles use little memory.
-	DefaultPartSize = 8 << 20
-	// DefaultConcurrency is how many parts upload at once.
-	DefaultConcurrency = 4
+	// DefaultPartSize is the size of the first 1,000 parts (S3's smallest); it doubles
+	// every 1,000 parts, so 10,000 parts hold about 4.9 TiB while small bundles use little
+	// memory.
+	DefaultPartSize = 5 << 20
+	// DefaultConcurrency is how many parts upload at once. Three keep the upload ahead of
+	// the snapshot (make bench); each holds a part in memory.
+	DefaultConcurrency = 3
 )
 
 // S3Options configure an S3 store. Credentials never appear here: they come from the

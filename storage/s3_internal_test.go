@@ -6,7 +6,7 @@ import "testing"
 // parts stop near 48.8 GiB), while small bundles keep small buffers.
 func TestPartSizeGrows(t *testing.T) {
 	s := &S3Store{opts: S3Options{PartSize: DefaultPartSize}}
-	if s.partSize(1) != 8<<20 || s.partSize(1000) != 8<<20 || s.partSize(1001) != 16<<20 {
+	if s.partSize(1) != 5<<20 || s.partSize(1000) != 5<<20 || s.partSize(1001) != 10<<20 {
 		t.Fatalf("sizes %d %d %d", s.partSize(1), s.partSize(1000), s.partSize(1001))
 	}
 	var total int64
@@ -16,7 +16,7 @@ func TestPartSizeGrows(t *testing.T) {
 		}
 		total += s.partSize(n)
 	}
-	if total < 5<<40 {
+	if total < 4<<40 {
 		t.Fatalf("10,000 parts hold only %d bytes", total)
 	}
 }

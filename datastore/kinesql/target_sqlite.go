@@ -128,10 +128,10 @@ func (t *SQLiteTarget) Begin(ctx context.Context) error {
 	// end, before the rename.
 	p.Add("_pragma", "journal_mode(OFF)")
 	p.Add("_pragma", "synchronous(OFF)")
-	// Rows are appended in id order and the indexes built once at Commit: 16 MiB of page
+	// Rows are appended in id order and the indexes built once at Commit: 8 MiB of page
 	// cache (which also bounds the index sort's memory) is plenty, and it counts fully in
-	// vcsnap's resident memory.
-	p.Add("_pragma", "cache_size(-16384)")
+	// vcsnap's resident memory (16 MiB was no faster at 100k keys).
+	p.Add("_pragma", "cache_size(-8192)")
 	db, err := sql.Open("sqlite", sqliteDSN(t.tmp, p))
 	if err != nil {
 		return err
