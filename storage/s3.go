@@ -32,9 +32,10 @@ const (
 	// every 1,000 parts, so 10,000 parts hold about 4.9 TiB while small bundles use little
 	// memory.
 	DefaultPartSize = 5 << 20
-	// DefaultConcurrency is how many parts upload at once. Three keep the upload ahead of
-	// the snapshot (make bench); each holds a part in memory.
-	DefaultConcurrency = 3
+	// DefaultConcurrency is how many parts upload at once; each holds a part in memory.
+	// Two keep the upload ahead of the snapshot, which emits about 40 MB/s of compressed
+	// bundle per two cores (make bench: no slower than one, three or four).
+	DefaultConcurrency = 2
 )
 
 // S3Options configure an S3 store. Credentials never appear here: they come from the

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -56,9 +57,13 @@ type Target struct {
 	stopKeepAlive context.CancelFunc
 	keepAliveCtx  context.Context
 
-	batch      []clientv3.Op
+	// The batch being filled: its keys and values are copied into slab (the bundle
+	// reader reuses its buffers) and sent as they are, without clientv3's string copies.
+	batch      []*etcdserverpb.RequestOp
+	slab       []byte
 	batchBytes int
-	work       chan []clientv3.Op
+	work       chan []*etcdserverpb.RequestOp
+	kv         etcdserverpb.KVClient
 	wg         sync.WaitGroup
 	cancel     context.CancelFunc
 	stopOnce   sync.Once
@@ -151,7 +156,8 @@ func (t *Target) Begin(ctx context.Context) error {
 	if t.kine {
 		writers = 16 // single-key requests: keep more in flight
 	}
-	t.work = make(chan []clientv3.Op, writers)
+	t.work = make(chan []*etcdserverpb.RequestOp, writers)
+	t.kv = etcdserverpb.NewKVClient(t.cli.ActiveConnection())
 	for range writers {
 		t.wg.Add(1)
 		go t.writer(wctx)
@@ -167,15 +173,15 @@ func (t *Target) writer(ctx context.Context) {
 		}
 		err := write(ctx, func(wctx context.Context) (err error) {
 			if len(ops) == 1 && t.kine {
-				_, err = t.cli.Do(wctx, ops[0])
+				_, err = t.kv.Put(wctx, ops[0].GetRequestPut())
 			} else {
-				_, err = t.cli.Txn(wctx).Then(ops...).Commit()
+				_, err = t.kv.Txn(wctx, &etcdserverpb.TxnRequest{Success: ops})
 			}
-			return err
+			return rpctypes.Error(err)
 		})
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrRequestTooLarge) {
-				err = fmt.Errorf("%w: a key in this batch (first %q) is larger than the target's --max-request-bytes", err, ops[0].KeyBytes())
+				err = fmt.Errorf("%w: a key in this batch (first %q) is larger than the target's --max-request-bytes", err, ops[0].GetRequestPut().GetKey())
 			}
 			t.fail(err)
 		}
@@ -261,13 +267,13 @@ func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
 	if err := t.failed(); err != nil {
 		return err
 	}
-	var opts []clientv3.OpOption
+	put := &etcdserverpb.PutRequest{}
 	if kv.Lease != 0 {
 		id, ok := t.leases[kv.Lease]
 		if !ok {
 			return fmt.Errorf("key %q refers to unknown lease %d", kv.Key, kv.Lease)
 		}
-		opts = append(opts, clientv3.WithLease(id))
+		put.Lease = int64(id)
 	}
 	size := len(kv.Key) + len(kv.Value)
 	if len(t.batch) > 0 && (len(t.batch) >= maxTxnOps || t.batchBytes+size > maxTxnBytes || t.kine) {
@@ -275,8 +281,13 @@ func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
 			return err
 		}
 	}
-	// string() copies: the record's slices are reused by the bundle reader.
-	t.batch = append(t.batch, clientv3.OpPut(string(kv.Key), string(kv.Value), opts...))
+	if len(t.slab)+size > cap(t.slab) {
+		t.slab = make([]byte, 0, max(size, maxTxnBytes))
+	}
+	n := len(t.slab)
+	t.slab = append(append(t.slab, kv.Key...), kv.Value...)
+	put.Key, put.Value = t.slab[n:n+len(kv.Key):n+len(kv.Key)], t.slab[n+len(kv.Key):len(t.slab):len(t.slab)]
+	t.batch = append(t.batch, &etcdserverpb.RequestOp{Request: &etcdserverpb.RequestOp_RequestPut{RequestPut: put}})
 	t.batchBytes += size
 	return nil
 }
