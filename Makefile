@@ -58,7 +58,7 @@ reliability: setup
 # Benchmarks against the peers' methods on the same data; results in test/bench/results/.
 BENCH_KEYS ?= 10000,100000
 bench: setup
-	VCSNAP_BENCH=1 VCSNAP_BENCH_KEYS=$(BENCH_KEYS) VCSNAP_BENCH_KEEP=$(BENCH_KEEP) $(GO) test -count=1 -timeout 120m -run TestBenchmarks -v ./test/bench/ | grep -v '^=== '
+	VCSNAP_BENCH=1 VCSNAP_BENCH_KEYS=$(BENCH_KEYS) VCSNAP_BENCH_KEEP=$(BENCH_KEEP) VCSNAP_BENCH_REPEATS=$(BENCH_REPEATS) $(GO) test -count=1 -timeout 120m -run TestBenchmarks -v ./test/bench/ | grep -v '^=== '
 
 # vcsnap's container image as a docker-archive/OCI tarball, built without a registry or an
 # engine (test/image): `ctr -n k8s.io images import bin/vcsnap-image.tar` or `docker load -i`.
