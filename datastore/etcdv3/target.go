@@ -84,7 +84,8 @@ func OpenTarget(ctx context.Context, c Config, o TargetOptions) (*Target, error)
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{cli: cli, kine: kine, prefix: c.Prefix, maxWrites: o.MaxRevisionWrites, leases: map[int64]clientv3.LeaseID{}}
+	t := &Target{cli: cli, kv: etcdserverpb.NewKVClient(cli.ActiveConnection()), kine: kine, prefix: c.Prefix,
+		maxWrites: o.MaxRevisionWrites, leases: map[int64]clientv3.LeaseID{}}
 	if kine && t.prefix == "" {
 		t.prefix = "/"
 	}
@@ -157,7 +158,6 @@ func (t *Target) Begin(ctx context.Context) error {
 		writers = 16 // single-key requests: keep more in flight
 	}
 	t.work = make(chan []*etcdserverpb.RequestOp, writers)
-	t.kv = etcdserverpb.NewKVClient(t.cli.ActiveConnection())
 	for range writers {
 		t.wg.Add(1)
 		go t.writer(wctx)
@@ -359,9 +359,9 @@ func (t *Target) revision(ctx context.Context) (int64, error) {
 }
 
 // raiseRevision writes until the revision reaches t.want. Up to bumpWriters writers each
-// update their own key under bumpPrefix, stop at t.want minus the number of keys, and the
-// keys' deletions add the rest. On etcd the updates are plain Puts; on kine they are
-// compare-and-swap transactions (the update shape kine supports: kine's plain Put of an
+// update their own key under bumpPrefix until the revision is close enough that deleting
+// the keys adds the rest: on etcd one DeleteRange (one revision), on kine one delete per
+// key. On etcd the updates are plain Puts; on kine they are compare-and-swap transactions (the update shape kine supports: kine's plain Put of an
 // existing key silently does nothing unless that key was the store's last write, so
 // concurrent Puts of one key do not each add a revision there). It checks the revision really got there.
 func (t *Target) raiseRevision(ctx context.Context) error {
@@ -378,7 +378,10 @@ func (t *Target) raiseRevision(ctx context.Context) error {
 		writers = kineBumpWriters
 	}
 	n := min(int64(writers), max(1, (t.want-cur)/2))
-	goal := t.want - n
+	goal := t.want - n // on kine each key's deletion adds one
+	if !t.kine {
+		goal = t.want - 1 // on etcd one DeleteRange removes them all, for one revision
+	}
 	var (
 		top  atomic.Int64
 		wg   sync.WaitGroup
@@ -405,9 +408,15 @@ func (t *Target) raiseRevision(ctx context.Context) error {
 		return err
 	default:
 	}
-	for _, key := range keys {
-		if err := t.deleteKey(ctx, key); err != nil {
-			return fmt.Errorf("delete %s: %w", key, err)
+	if !t.kine {
+		if _, err := t.cli.Delete(ctx, bumpPrefix, clientv3.WithPrefix()); err != nil {
+			return fmt.Errorf("delete %s*: %w", bumpPrefix, err)
+		}
+	} else {
+		for _, key := range keys {
+			if err := t.deleteKey(ctx, key); err != nil {
+				return fmt.Errorf("delete %s: %w", key, err)
+			}
 		}
 	}
 	final, err := t.revision(ctx)
@@ -430,6 +439,23 @@ func (t *Target) bumpKey(ctx context.Context, key string, goal int64, top *atomi
 				return
 			}
 		}
+	}
+	if !t.kine {
+		// etcd: every Put adds a revision, concurrent or not. Each writer puts its key at
+		// least once, so the DeleteRange that ends the raise always deletes something.
+		put := &etcdserverpb.PutRequest{Key: []byte(key)}
+		for first := true; first || top.Load() < goal; first = false {
+			var pr *etcdserverpb.PutResponse
+			err := write(ctx, func(wctx context.Context) (err error) {
+				pr, err = t.kv.Put(wctx, put)
+				return rpctypes.Error(err)
+			})
+			if err != nil {
+				return err
+			}
+			raise(pr.Header.Revision)
+		}
+		return nil
 	}
 	var modRev int64
 	for modRev == 0 {
@@ -455,18 +481,6 @@ func (t *Target) bumpKey(ctx context.Context, key string, goal int64, top *atomi
 			modRev = tr.Header.Revision
 			raise(modRev)
 		}
-	}
-	for !t.kine && top.Load() < goal {
-		// etcd: every Put adds a revision, concurrent or not.
-		var pr *clientv3.PutResponse
-		err := write(ctx, func(wctx context.Context) (err error) {
-			pr, err = t.cli.Put(wctx, key, "")
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		raise(pr.Header.Revision)
 	}
 	for top.Load() < goal {
 		var tr *clientv3.TxnResponse
