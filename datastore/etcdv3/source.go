@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -172,17 +171,11 @@ func (s *Source) fetch(ctx context.Context, rev int64, key, end string, out chan
 			return
 		default:
 			key = to
-			switch {
-			case resp.Count == 0 && depth > 1:
-				// Past the end of a clump (one namespace's keys, say): widen to the
-				// enclosing path segment at once rather than a byte at a time.
-				d := min(depth, len(key))
-				if i := strings.LastIndexByte(key[:d-1], '/'); i >= 0 && key[d-1] != '/' {
-					depth = i + 1
-				} else {
-					depth = max(d-1, 1)
-				}
-			case resp.Count < limit/8 && depth > 1:
+			// Past the end of a clump (one namespace's keys, say) or nearly: widen by one
+			// byte. Widening to the enclosing path segment at once walked the rest of that
+			// segment whenever the next clump was small: 31 keys walked per key read at 1M
+			// keys, against 6-11 this way (more requests, each walking little).
+			if resp.Count < limit/8 && depth > 1 {
 				depth--
 			}
 		}
