@@ -113,7 +113,9 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	}
 	var keys, bytes, dropped int64
 	feed := func(target datastore.Target) error {
-		apply := func(rec *bundle.Record) error {
+		var applyErr error // from the target or Transform, not from reading the bundle
+		apply := func(rec *bundle.Record) (err error) {
+			defer func() { applyErr = err }()
 			switch rec.Type {
 			case bundle.RecordLease:
 				return target.Lease(ctx, rec.Lease)
@@ -133,8 +135,11 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 			}
 			return nil
 		}
-		_, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply)
-		if err != nil && staged {
+		got, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply)
+		if err == nil && (got.Revision != m.Revision || got.Keys != m.Keys || got.BodyBytes != m.BodyBytes) {
+			err = fmt.Errorf("%s: %w: the bundle changed while it was being restored", loc.Store.URL(loc.Name), bundle.ErrCorrupt)
+		}
+		if err != nil && staged && applyErr == nil && ctx.Err() == nil {
 			return fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 		}
 		return err

@@ -144,7 +144,7 @@ func (t *Target) Begin(ctx context.Context) error {
 	t.work = filepath.Join(filepath.Dir(t.cfg.Dir), fmt.Sprintf(".%s.vcsnap-tmp-%d", filepath.Base(t.cfg.Dir), os.Getpid()))
 	_ = os.RemoveAll(t.work) // left by a killed run with the same process ID
 	if err := initMember(t.cfg, cl, t.data()); err != nil {
-		return fmt.Errorf("create the etcd member in %s: %w", t.data(), err)
+		return fmt.Errorf("%w: create the etcd member in %s: %v", datastore.ErrUnavailable, t.data(), err)
 	}
 	// Synced once at Commit. No freelist is kept on disk, as etcd's own backend does.
 	db, err := bolt.Open(filepath.Join(t.data(), "member", "snap", "db"), 0o600, &bolt.Options{NoSync: true, NoGrowSync: true,

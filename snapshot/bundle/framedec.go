@@ -42,7 +42,7 @@ type frameDecoder struct {
 	off     int
 	stream  *zstd.Decoder // set once a frame is too large to decode whole
 	eof     bool
-	err     error
+	err     error // returned by every Read once a frame failed
 }
 
 type decodeJob struct {
@@ -76,9 +76,6 @@ func (d *frameDecoder) Read(p []byte) (int, error) {
 			if d.stream != nil {
 				return d.stream.Read(p)
 			}
-			if d.err != nil {
-				return 0, d.err
-			}
 			return 0, io.EOF
 		}
 		job := d.queue[0]
@@ -96,22 +93,30 @@ func (d *frameDecoder) Read(p []byte) (int, error) {
 }
 
 // start reads frames and starts decoding them until `workers` are in flight, the body
-// ends, or a frame is too large to decode whole.
+// ends, or a frame is too large to decode whole. An error reading the frames is queued
+// behind the frames before it, so they come out first, as from a sequential decoder.
 func (d *frameDecoder) start() {
-	for !d.eof && d.stream == nil && d.err == nil && len(d.queue) < d.workers {
+	for !d.eof && d.stream == nil && len(d.queue) < d.workers {
 		in := d.buffer(&d.inFree)
 		in, whole, err := d.readFrame(in)
+		if err == nil && !whole {
+			// The rest of the body, starting with this frame, is decoded as a stream.
+			d.stream, err = zstd.NewReader(io.MultiReader(bytes.NewReader(in), d.src), zstd.WithDecoderConcurrency(1),
+				zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderLowmem(true))
+			if err == nil {
+				return
+			}
+			d.stream = nil
+		}
 		switch {
 		case errors.Is(err, io.EOF) && len(in) == 0:
 			d.eof = true
 			return
 		case err != nil:
-			d.err = err
-			return
-		case !whole:
-			// The rest of the body, starting with this frame, is decoded as a stream.
-			d.stream, d.err = zstd.NewReader(io.MultiReader(bytes.NewReader(in), d.src), zstd.WithDecoderConcurrency(1),
-				zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderLowmem(true))
+			failed := &decodeJob{err: err, done: make(chan struct{})}
+			close(failed.done)
+			d.queue = append(d.queue, failed)
+			d.eof = true
 			return
 		}
 		job := &decodeJob{in: in, out: d.buffer(&d.free), done: make(chan struct{})}
@@ -178,10 +183,19 @@ func (d *frameDecoder) readFrame(buf []byte) (_ []byte, whole bool, err error) {
 	}
 	fhd := b[0]
 	single := fhd&0x20 != 0
-	n := []int{0, 1, 2, 4}[fhd&3] // dictionary ID
 	if !single {
-		n++ // window descriptor
+		if b, err = read(1); err != nil {
+			return buf, false, err
+		}
+		// Window_Descriptor: a frame that may refer back further than a whole frame
+		// can hold is decoded as a stream, with the streaming decoder's window limit.
+		exp, mantissa := int64(b[0]>>3), int64(b[0]&7)
+		base := int64(1) << (10 + exp)
+		if base+base/8*mantissa > maxParallelFrame {
+			return buf, false, nil
+		}
 	}
+	n := []int{0, 1, 2, 4}[fhd&3] // dictionary ID
 	switch fcs := fhd >> 6; {
 	case fcs == 0 && single:
 		n++

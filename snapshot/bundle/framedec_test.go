@@ -120,3 +120,53 @@ func frameBoundary(t *testing.T, body []byte, n int) bool {
 	}
 	return off == n
 }
+
+// A frame whose window is larger than a whole frame may hold (written by another zstd
+// encoder) is decoded as a stream, not refused.
+func TestFrameDecoderLargeWindow(t *testing.T) {
+	content := []byte("a small frame with a 32 MiB window")
+	// Magic, a descriptor without single segment, checksum or content size, a window
+	// descriptor of 2^25 bytes, then one raw last block.
+	frame := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 15 << 3}
+	h := uint32(len(content))<<3 | 1
+	frame = append(frame, byte(h), byte(h>>8), byte(h>>16))
+	frame = append(frame, content...)
+	d, err := newFrameDecoder(bytes.NewReader(frame))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	got, err := io.ReadAll(d)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}
+
+// Frames read ahead come out before the error of a later one, as from a sequential
+// decoder.
+func TestFrameDecoderErrorAfterGoodFrames(t *testing.T) {
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body, want []byte
+	for i := range 8 {
+		frame := bytes.Repeat([]byte{byte('a' + i)}, 100_000)
+		want = append(want, frame...)
+		body = enc.EncodeAll(frame, body)
+	}
+	body = append(body, "garbage"...)
+	d, err := newFrameDecoder(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.workers = 4 // frames read well ahead, whatever the cores
+	got, err := io.ReadAll(d)
+	if err == nil {
+		t.Fatal("garbage after the frames went unnoticed")
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%d bytes came out before the error, want the %d of the good frames", len(got), len(want))
+	}
+}
