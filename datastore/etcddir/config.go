@@ -1,11 +1,12 @@
 // Package etcddir reads and writes an offline etcd data directory: the data of a virtual
 // cluster's embedded etcd (vcluster keeps it at /data/etcd), with etcd stopped.
 //
-// A restore writes an etcd snapshot-format database (bbolt with etcd's mvcc schema: every
-// key at a new revision above the floor, leases with their TTLs), then hands it to etcd's
-// own restore code (go.etcd.io/etcd/etcdutl/v3/snapshot, as `etcdutl snapshot restore
-// --bump-revision --mark-compacted` does) to make the member directory (WAL, raft snapshot,
-// membership), and swaps the result into place. etcd v3.5 and v3.6 start on it.
+// A restore builds a new data directory beside the target, as `etcdutl snapshot restore
+// --bump-revision --mark-compacted` would leave it: etcd's own code writes the member (WAL,
+// raft snapshot, membership, consistent index) on an empty backend database, then the keys
+// go into that database with bbolt (etcd's mvcc schema: every key at a new revision above
+// the floor, leases with their TTLs, the final revision marked compacted), and the result
+// is swapped into place. etcd v3.5 and v3.6 start on it.
 package etcddir
 
 import (
