@@ -136,7 +136,7 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 			return nil
 		}
 		got, _, err := snapshot.Scan(ctx, loc, snapshot.ReadOptions{Keys: o.Keys}, apply)
-		if err == nil && (got.Revision != m.Revision || got.Keys != m.Keys || got.BodyBytes != m.BodyBytes) {
+		if err == nil && !got.SameBundle(m) {
 			err = fmt.Errorf("%s: %w: the bundle changed while it was being restored", loc.Store.URL(loc.Name), bundle.ErrCorrupt)
 		}
 		if err != nil && staged && applyErr == nil && ctx.Err() == nil {

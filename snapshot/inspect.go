@@ -233,7 +233,7 @@ func Scan(ctx context.Context, loc storage.Location, o ReadOptions, fn func(*bun
 		}
 	}
 	m := r.Manifest()
-	if m.Revision != tm.Revision || m.Keys != tm.Keys || m.BodyBytes != tm.BodyBytes {
+	if !m.SameBundle(tm) {
 		return nil, 0, fmt.Errorf("%s: %w: the object changed while it was read", loc.Store.URL(loc.Name), bundle.ErrCorrupt)
 	}
 	return m, info.Size, nil

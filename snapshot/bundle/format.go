@@ -137,6 +137,13 @@ type Manifest struct {
 	Volumes []Volume `json:"volumes,omitempty"`
 }
 
+// SameBundle reports whether o describes the same bundle as m as far as reading it goes
+// (revision, keys, body length): a manifest read twice from one location that differs
+// means the object was replaced in between.
+func (m *Manifest) SameBundle(o *Manifest) bool {
+	return m.Revision == o.Revision && m.Keys == o.Keys && m.BodyBytes == o.BodyBytes
+}
+
 // Volume is one host PVC of a virtual cluster captured as a CSI volume snapshot.
 type Volume struct {
 	// The host PVC the snapshot was taken of.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"slices"
 
 	"github.com/klauspost/compress/zstd"
@@ -52,7 +51,7 @@ type decodeJob struct {
 }
 
 func newFrameDecoder(src io.Reader) (*frameDecoder, error) {
-	workers := min(max(runtime.GOMAXPROCS(0), 2), maxFrameWorkers)
+	workers := frameWorkers()
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(workers), zstd.WithDecoderMaxWindow(64<<20),
 		zstd.WithDecoderMaxMemory(2*maxParallelFrame), zstd.WithDecoderLowmem(true))
 	if err != nil {
@@ -97,7 +96,7 @@ func (d *frameDecoder) Read(p []byte) (int, error) {
 // behind the frames before it, so they come out first, as from a sequential decoder.
 func (d *frameDecoder) start() {
 	for !d.eof && d.stream == nil && len(d.queue) < d.workers {
-		in := d.buffer(&d.inFree)
+		in := reuse(&d.inFree, 0)
 		in, whole, err := d.readFrame(in)
 		if err == nil && !whole {
 			// The rest of the body, starting with this frame, is decoded as a stream.
@@ -119,22 +118,13 @@ func (d *frameDecoder) start() {
 			d.eof = true
 			return
 		}
-		job := &decodeJob{in: in, out: d.buffer(&d.free), done: make(chan struct{})}
+		job := &decodeJob{in: in, out: reuse(&d.free, 0), done: make(chan struct{})}
 		d.queue = append(d.queue, job)
 		go func() {
 			job.out, job.err = d.dec.DecodeAll(job.in, job.out)
 			close(job.done)
 		}()
 	}
-}
-
-func (d *frameDecoder) buffer(pool *[][]byte) []byte {
-	if n := len(*pool); n > 0 {
-		b := (*pool)[n-1]
-		*pool = (*pool)[:n-1]
-		return b[:0]
-	}
-	return nil
 }
 
 // readFrame appends the next frame's bytes to buf. whole is false when the frame grew past

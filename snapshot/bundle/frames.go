@@ -35,8 +35,12 @@ type frameJob struct {
 	done    chan struct{}
 }
 
+// frameWorkers is how many frames are compressed, or decoded, at once: one per core, at
+// least two so the stream overlaps the work, at most maxFrameWorkers.
+func frameWorkers() int { return min(max(runtime.GOMAXPROCS(0), 2), maxFrameWorkers) }
+
 func newFrameEncoder(out io.Writer, level zstd.EncoderLevel) (*frameEncoder, error) {
-	workers := min(max(runtime.GOMAXPROCS(0), 2), maxFrameWorkers)
+	workers := frameWorkers()
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(workers),
 		zstd.WithWindowSize(frameSize), zstd.WithZeroFrames(true))
 	if err != nil {
@@ -52,7 +56,7 @@ func (f *frameEncoder) Write(p []byte) (int, error) {
 	total := len(p)
 	for len(p) > 0 {
 		if f.cur == nil {
-			f.cur = f.buffer(&f.free, frameSize)
+			f.cur = reuse(&f.free, frameSize)
 		}
 		n := min(frameSize-len(f.cur), len(p))
 		f.cur = append(f.cur, p[:n]...)
@@ -66,7 +70,8 @@ func (f *frameEncoder) Write(p []byte) (int, error) {
 	return total, nil
 }
 
-func (f *frameEncoder) buffer(pool *[][]byte, size int) []byte {
+// reuse takes an emptied buffer from pool, or makes one of capacity size.
+func reuse(pool *[][]byte, size int) []byte {
 	if n := len(*pool); n > 0 {
 		b := (*pool)[n-1]
 		*pool = (*pool)[:n-1]
@@ -83,7 +88,7 @@ func (f *frameEncoder) submit() error {
 			return err
 		}
 	}
-	job := &frameJob{in: f.cur, out: f.buffer(&f.outFree, frameSize/2), done: make(chan struct{})}
+	job := &frameJob{in: f.cur, out: reuse(&f.outFree, frameSize/2), done: make(chan struct{})}
 	f.cur = nil
 	f.queue = append(f.queue, job)
 	go func() {
