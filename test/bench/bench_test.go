@@ -276,8 +276,13 @@ func objectBytes(rng *rand.Rand, n int) []byte {
 	return b[:n]
 }
 
+// startEtcd starts an etcd with room for the 1M-key dataset (3.7 GB of database).
+func startEtcd(t *testing.T) *rig.Etcd {
+	return rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
+}
+
 func benchEtcd(t *testing.T, bin string, n int) []Row {
-	src := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
+	src := startEtcd(t)
 	cli := src.Client(t)
 	start := time.Now()
 	ds := generate(t, cli, n)
@@ -334,7 +339,7 @@ func benchEtcd(t *testing.T, bin string, n int) []Row {
 	}
 
 	m = median(func(int) sample {
-		dst := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
+		dst := startEtcd(t)
 		defer dst.Stop()
 		dstURL := "etcd://" + strings.TrimPrefix(dst.Endpoint, "http://")
 		return run(t, nil, []*rig.Process{dst.Process}, bin, "restore", "-q", "--datastore", dstURL, "file://"+bundle)
@@ -358,7 +363,7 @@ func benchEtcd(t *testing.T, bin string, n int) []Row {
 	})
 	rows = append(rows, row("restore (offline data dir)", "etcdutl snapshot restore", m, 0))
 
-	seq := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
+	seq := startEtcd(t)
 	m = putPerKey(t, cli, seq)
 	rows = append(rows, row("restore (etcd API)", "one Put per key, sequential (vcluster's method)", m, 0))
 	seq.Stop()
@@ -404,7 +409,7 @@ func benchKine(t *testing.T, bin, bundle string, row func(op, method string, m s
 	rows = append(rows, row("snapshot create (file) from kine SQLite", "sqlite3 .backup + zstd -3", m, fileSize(t, backup+".zst")))
 
 	m = median(func(int) sample {
-		etcd := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
+		etcd := startEtcd(t)
 		defer etcd.Stop()
 		return run(t, nil, []*rig.Process{etcd.Process}, bin, "migrate", "-q", "--from", from, "--to", "etcd://"+strings.TrimPrefix(etcd.Endpoint, "http://"))
 	})
@@ -487,7 +492,7 @@ func k3sMigration(t *testing.T, state string) sample {
 	ctx := context.Background()
 	k := rig.StartKine(t, rig.SQLiteDSN(state))
 	defer k.Stop()
-	etcd := rig.StartEtcd(t, rig.WithEtcdArgs("--quota-backend-bytes=8589934592"))
+	etcd := startEtcd(t)
 	defer etcd.Stop()
 	from, to := rig.EtcdClient(t, k.Endpoint, nil), etcd.Client(t)
 	server, cpu0 := serverCPU(t, k.Process, etcd.Process), selfCPU()

@@ -106,11 +106,7 @@ func TestCopyAcrossRegions(t *testing.T) {
 	}
 
 	// Interrupted across regions: the source link stalls mid-body and the copy is cancelled.
-	proxy, err := faultproxy.New(strings.TrimPrefix(east.Endpoint, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
+	proxy := faultproxy.Start(t, strings.TrimPrefix(east.Endpoint, "http://"))
 	proxy.StallAfter(6 << 20)
 	viaProxy := strings.Replace(loc(src, "east", "vc1/nightly"), url.QueryEscape(east.Endpoint), url.QueryEscape("http://"+proxy.Addr), 1)
 	cctx, cancel := context.WithCancel(ctx)

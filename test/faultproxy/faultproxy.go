@@ -7,9 +7,11 @@ package faultproxy
 
 import (
 	"io"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -55,6 +57,18 @@ type Proxy struct {
 	injected   map[Kind]int
 }
 
+// Start starts a proxy to target for a test, which fails if it cannot, and closes it
+// when the test ends.
+func Start(t testing.TB, target string) *Proxy {
+	t.Helper()
+	p, err := New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
 // New starts a proxy to target.
 func New(target string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -89,11 +103,7 @@ func (p *Proxy) SetPlan(plan func(conn int) Fault) {
 func (p *Proxy) Injected() map[Kind]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := map[Kind]int{}
-	for k, v := range p.injected {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(p.injected)
 }
 
 // CutAll closes every open connection now (reset), as a link that drops would.

@@ -2,6 +2,7 @@ package faultproxy
 
 import (
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -74,11 +75,7 @@ func (p *HTTPProxy) SetPlan(plan func(n int, r *http.Request) HTTPFault) {
 func (p *HTTPProxy) Injected() map[HTTPKind]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := map[HTTPKind]int{}
-	for k, v := range p.injected {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(p.injected)
 }
 
 // Close stops the proxy.

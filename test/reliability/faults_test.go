@@ -247,16 +247,7 @@ func TestFaultsEtcd(t *testing.T) {
 	good := "file://" + filepath.Join(dir, "good.bundle")
 	c.mustRun(t, "snapshot", "create", "--datastore", srcURL, good)
 
-	srcProxy, err := faultproxy.New(hostPort(src.Endpoint))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srcProxy.Close()
-	tgtProxy, err := faultproxy.New(hostPort(target.Endpoint))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tgtProxy.Close()
+	srcProxy, tgtProxy := faultproxy.Start(t, hostPort(src.Endpoint)), faultproxy.Start(t, hostPort(target.Endpoint))
 	snaps, restores := newTally(), newTally()
 	for i := range n {
 		r := rand.New(rand.NewSource(seed()*104729 + int64(i)))
@@ -367,16 +358,7 @@ func TestFaultsPostgres(t *testing.T) {
 	good := "file://" + filepath.Join(dir, "good.bundle")
 	c.mustRun(t, "snapshot", "create", "--datastore", pgURL(src, srcAddr), "--datastore-password-file", pw, good)
 
-	srcProxy, err := faultproxy.New(srcAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srcProxy.Close()
-	tgtProxy, err := faultproxy.New(tgtAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tgtProxy.Close()
+	srcProxy, tgtProxy := faultproxy.Start(t, srcAddr), faultproxy.Start(t, tgtAddr)
 	snaps, restores := newTally(), newTally()
 	for i := range n {
 		r := rand.New(rand.NewSource(seed()*1299709 + int64(i)))
