@@ -153,6 +153,7 @@ func (t *Target) Begin(ctx context.Context) error {
 		return err
 	}
 	t.db = db
+	t.slab = make([]byte, 0, txBytes)
 	t.next = t.base + 1
 	return nil
 }
@@ -223,9 +224,6 @@ func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
 	// The revision key and the record go into the slab (or, when the slab is full or too
 	// small, a buffer of their own, and the transaction commits to empty the slab).
 	n := revKeyLen + rec.Size()
-	if t.slab == nil {
-		t.slab = make([]byte, 0, txBytes)
-	}
 	var buf []byte
 	inSlab := len(t.slab)+n <= cap(t.slab)
 	if inSlab {

@@ -361,9 +361,10 @@ func (t *Target) revision(ctx context.Context) (int64, error) {
 // raiseRevision writes until the revision reaches t.want. Up to bumpWriters writers each
 // update their own key under bumpPrefix until the revision is close enough that deleting
 // the keys adds the rest: on etcd one DeleteRange (one revision), on kine one delete per
-// key. On etcd the updates are plain Puts; on kine they are compare-and-swap transactions (the update shape kine supports: kine's plain Put of an
-// existing key silently does nothing unless that key was the store's last write, so
-// concurrent Puts of one key do not each add a revision there). It checks the revision really got there.
+// key. On etcd the updates are plain Puts; on kine they are compare-and-swap transactions
+// (the update shape kine supports: kine's plain Put of an existing key silently does
+// nothing unless that key was the store's last write, so concurrent Puts of one key do
+// not each add a revision there). It checks the revision really got there.
 func (t *Target) raiseRevision(ctx context.Context) error {
 	cur, err := t.revision(ctx)
 	if err != nil {
@@ -372,7 +373,7 @@ func (t *Target) raiseRevision(ctx context.Context) error {
 	if cur >= t.want {
 		return nil
 	}
-	// Each key costs at least two writes (create and delete).
+	// Each key costs at least two writes (create and delete), so a small gap gets fewer.
 	writers := bumpWriters
 	if t.kine {
 		writers = kineBumpWriters
