@@ -20,7 +20,9 @@ type Change struct {
 // DeliverFunc receives a ChangeSource's stream: the changes of whole revisions, in
 // revision order, and upTo, the revision up to which every change has now been
 // delivered (at least the last change's revision; higher when the source reports that
-// it moved on without changes for this reader). The sink may keep the changes.
+// it moved on without changes for this reader). A source that answers calls it at least
+// every progressEvery, with no changes when there are none, so that silence means the
+// source is not answering. The sink may keep the changes.
 type DeliverFunc func(changes []Change, upTo int64) error
 
 // ChangeSource follows a datastore's history after a revision: etcd's and kine's watch

@@ -124,6 +124,10 @@ type watcher struct {
 	bytes       int64
 	upTo        int64
 	full        chan struct{} // signalled when pending reaches DeltaMaxBytes
+	// heard is when the change stream last reported (changes or progress): a stream
+	// that goes quiet means the datastore is down or unreachable, and the watcher says so
+	// instead of looking healthy while it captures nothing.
+	heard time.Time
 }
 
 func (w *watcher) run(ctx context.Context) error {
@@ -297,6 +301,10 @@ func (w *watcher) deliver(changes []datastore.Change, upTo int64) error {
 		w.bytes += int64(len(c.KV.Key) + len(c.KV.Value))
 	}
 	w.upTo = max(w.upTo, upTo)
+	if !w.heard.IsZero() && time.Since(w.heard) >= w.silentAfter() {
+		slog.Info("the datastore's change stream is back", "revision", w.upTo, "silentFor", time.Since(w.heard).Round(time.Second))
+	}
+	w.heard = time.Now()
 	if w.bytes >= w.o.DeltaMaxBytes {
 		select {
 		case w.full <- struct{}{}:
@@ -304,6 +312,23 @@ func (w *watcher) deliver(changes []datastore.Change, upTo int64) error {
 		}
 	}
 	return nil
+}
+
+// silentAfter is how long the change stream may say nothing (it reports progress at
+// least every DeltaEvery) before the watcher warns that it captures nothing.
+func (w *watcher) silentAfter() time.Duration { return max(3*w.o.DeltaEvery, 15*time.Second) }
+
+// checkSilence warns, once per silentAfter, while the change stream says nothing.
+func (w *watcher) checkSilence(lastWarn *time.Time) {
+	w.mu.Lock()
+	quiet, upTo := time.Since(w.heard), w.upTo
+	w.mu.Unlock()
+	if quiet < w.silentAfter() || time.Since(*lastWarn) < w.silentAfter() {
+		return
+	}
+	*lastWarn = time.Now()
+	slog.Warn("no word from the datastore's change stream: nothing is being captured; is the datastore up and reachable?",
+		"silentFor", quiet.Round(time.Second), "lastRevision", upTo, "chain", w.chain)
 }
 
 // followChain follows the datastore from the chain's last revision, cutting deltas and
@@ -314,7 +339,9 @@ func (w *watcher) followChain(ctx context.Context) error {
 	ferr := make(chan error, 1)
 	w.mu.Lock()
 	from := w.upTo
+	w.heard = time.Now()
 	w.mu.Unlock()
+	var lastWarn time.Time
 	go func() { ferr <- w.follow.Follow(fctx, from, w.o.DeltaEvery, w.deliver) }()
 	tick := time.NewTicker(w.o.DeltaEvery)
 	defer tick.Stop()
@@ -355,6 +382,7 @@ func (w *watcher) followChain(ctx context.Context) error {
 			final()
 			return err
 		case <-tick.C:
+			w.checkSilence(&lastWarn)
 		case <-w.full:
 		case <-fullDue.C:
 			fullDone = make(chan fullResult, 1)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -17,10 +18,12 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 )
 
 // S3 multipart limits: at most 10,000 parts of 5 MiB to 5 GiB each.
@@ -124,11 +127,14 @@ func NewS3Store(ctx context.Context, opts S3Options) (*S3Store, error) {
 		opts.MaxAttempts = 10
 	}
 	loaders := []func(*config.LoadOptions) error{
+		// The SDK's own log lines ("falling back to IMDSv1") bypass vcsnap's logging;
+		// its errors reach the user through mapErr instead.
+		config.WithLogger(logging.Nop{}),
 		config.WithRetryer(func() aws.Retryer {
-			return retry.NewStandard(func(so *retry.StandardOptions) {
+			return loggingRetryer{retry.NewStandard(func(so *retry.StandardOptions) {
 				so.MaxAttempts = opts.MaxAttempts
 				so.MaxBackoff = 20 * time.Second
-			})
+			})}
 		}),
 	}
 	if opts.Region != "" {
@@ -198,7 +204,7 @@ func (s *S3Store) Put(ctx context.Context, name string, r io.Reader) error {
 			ContentLength: aws.Int64(int64(n))}
 		s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
 		if _, err := s.client.PutObject(ctx, in); err != nil {
-			return fmt.Errorf("upload %s: %w", s.URL(name), err)
+			return fmt.Errorf("upload: %w", s.mapErr(name, err))
 		}
 		return nil
 	}
@@ -224,7 +230,7 @@ func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r
 	s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
 	created, err := s.client.CreateMultipartUpload(ctx, in)
 	if err != nil {
-		return fmt.Errorf("start upload of %s: %w", s.URL(name), err)
+		return fmt.Errorf("start upload: %w", s.mapErr(name, err))
 	}
 	uploadID := created.UploadId
 	defer func() {
@@ -318,10 +324,54 @@ func (s *S3Store) mapErr(name string, err error) error {
 		case "NotFound", "NoSuchKey":
 			return fmt.Errorf("%s: %w", s.URL(name), ErrNotFound)
 		case "NoSuchBucket":
-			return fmt.Errorf("bucket %q does not exist: %w", s.opts.Bucket, ErrNotFound)
+			return fmt.Errorf("bucket %q does not exist (create it, or check the bucket name and the region): %w", s.opts.Bucket, ErrNotFound)
+		case "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AllAccessDisabled":
+			return fmt.Errorf("%w: %s: credentials rejected (%s): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role, and the bucket policy",
+				ErrUnavailable, s.URL(name), apiErr.ErrorCode())
 		}
 	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusForbidden {
+		return fmt.Errorf("%w: %s: credentials rejected (403): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role, and the bucket policy",
+			ErrUnavailable, s.URL(name))
+	}
+	if strings.Contains(err.Error(), "failed to retrieve credentials") || strings.Contains(err.Error(), "no EC2 IMDS role found") {
+		return fmt.Errorf("%w: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a web identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN)",
+			ErrUnavailable)
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return fmt.Errorf("%w: cannot reach the S3 endpoint for %s (%v): check endpoint= and the network", ErrUnavailable, s.URL(name), oe)
+	}
 	return fmt.Errorf("%s: %w", s.URL(name), err)
+}
+
+// CheckWritable checks, before any work, that the bucket exists and these credentials
+// reach it, so a snapshot fails at once rather than after reading a whole datastore.
+func (s *S3Store) CheckWritable(ctx context.Context, name string) error {
+	// Few attempts: an endpoint that refuses connections should fail in seconds here, not
+	// after the minutes of backoff an upload in progress deserves.
+	_, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.opts.Bucket}, func(o *s3.Options) { o.RetryMaxAttempts = 3 })
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound {
+		return fmt.Errorf("bucket %q does not exist (create it, or check the bucket name and the region): %w", s.opts.Bucket, ErrNotFound)
+	}
+	if err != nil {
+		return s.mapErr(name, err)
+	}
+	return nil
+}
+
+// loggingRetryer says what a retried S3 request waits for, so a store that does not
+// answer is never minutes of silence.
+type loggingRetryer struct{ aws.RetryerV2 }
+
+func (r loggingRetryer) RetryDelay(attempt int, err error) (time.Duration, error) {
+	d, derr := r.RetryerV2.RetryDelay(attempt, err)
+	if derr == nil {
+		slog.Warn("an S3 request failed; retrying", "attempt", attempt, "wait", d.Round(time.Millisecond), "error", err)
+	}
+	return d, derr
 }
 
 func (s *S3Store) Get(ctx context.Context, name string) (io.ReadCloser, error) {

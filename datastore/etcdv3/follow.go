@@ -42,7 +42,7 @@ func (s *Source) Follow(ctx context.Context, after int64, progressEvery time.Dur
 			return ctx.Err()
 		case <-tick.C:
 			if err := s.cli.RequestProgress(ctx); err != nil && ctx.Err() == nil {
-				slog.Debug("watch progress request failed", "error", err)
+				slog.Warn("the datastore did not answer a watch progress request", "error", err)
 			}
 		case resp, ok := <-wch:
 			if !ok {
@@ -59,11 +59,11 @@ func (s *Source) Follow(ctx context.Context, after int64, progressEvery time.Dur
 				return fmt.Errorf("%w: watch: %v", datastore.ErrUnavailable, err)
 			}
 			if resp.IsProgressNotify() {
-				if resp.Header.Revision > after {
-					after = resp.Header.Revision
-					if err := deliver(nil, after); err != nil {
-						return err
-					}
+				// Reported also when the revision did not move: an idle stream that
+				// answers is healthy, one that says nothing is not.
+				after = max(after, resp.Header.Revision)
+				if err := deliver(nil, after); err != nil {
+					return err
 				}
 				continue
 			}

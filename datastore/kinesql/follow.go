@@ -71,11 +71,11 @@ func (s *Source) Follow(ctx context.Context, after int64, progressEvery time.Dur
 		if !gap {
 			gapSince = time.Time{}
 		}
-		if upTo > after {
-			after = upTo
-			if err := deliver(changes, upTo); err != nil {
-				return err
-			}
+		// An idle poll reports too: silence from a healthy source must never look like
+		// one that is down.
+		after = max(after, upTo)
+		if err := deliver(changes, after); err != nil {
+			return err
 		}
 		if len(changes) < followBatch/2 {
 			select {
