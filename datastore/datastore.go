@@ -24,7 +24,23 @@ var (
 	// ErrConnectionLost means an established connection to the datastore dropped: worth
 	// another attempt. It is an ErrUnavailable.
 	ErrConnectionLost = fmt.Errorf("%w: the connection dropped", ErrUnavailable)
+	// ErrBadURL means a datastore URL cannot be used as written (no or an unknown scheme,
+	// an unknown option, a missing host or path).
+	ErrBadURL = errors.New("bad datastore URL")
 )
+
+// BadURL marks err as ErrBadURL, keeping its message.
+func BadURL(err error) error {
+	if err == nil {
+		return nil
+	}
+	return badURL{err}
+}
+
+type badURL struct{ error }
+
+func (badURL) Is(target error) bool { return target == ErrBadURL }
+func (b badURL) Unwrap() error      { return b.error }
 
 // Emitter receives what a Source reads. The KeyValue and its slices are only valid
 // during the call.
@@ -85,6 +101,40 @@ type Target interface {
 	// Force their old keys were removed by Begin, which is why restore saves them first).
 	Abort(ctx context.Context) error
 	Close() error
+}
+
+// Identity names the datastore a URL reaches independently of how the URL spells it
+// (localhost or 127.0.0.1, a symlink or the file, postgres:// or postgresql://): an etcd
+// cluster and member ID, a file's device and inode, a SQL server instance and database.
+type Identity struct {
+	// ID is the same for every URL that reaches the same datastore.
+	ID string
+	// Prefix limits the keys the URL reaches ("" for all of them).
+	Prefix string
+	// Describe says what ID was derived from, for messages.
+	Describe string
+}
+
+// Overlaps reports whether two URLs reach keys of one datastore in common: writing one
+// then changes what the other reads.
+func (a Identity) Overlaps(b Identity) bool {
+	return a.ID != "" && a.ID == b.ID && (strings.HasPrefix(a.Prefix, b.Prefix) || strings.HasPrefix(b.Prefix, a.Prefix))
+}
+
+// KeepsPreviousOnAbort is implemented by targets whose Abort leaves the previous data
+// exactly as it was before Begin: a transaction rolled back (kine SQL) or a staged file
+// or directory dropped (SQLite, etcd data directories). The other targets (etcd API) are
+// left empty by Abort, and a forced restore puts their saved keys back itself.
+type KeepsPreviousOnAbort interface {
+	KeepsPreviousOnAbort()
+}
+
+// Rollbacker is implemented by targets that keep the data a Commit replaced beside the
+// new one (SQLite files, etcd data directories), until a person removes it.
+type Rollbacker interface {
+	// Rollback returns the kept files and the shell command that puts them back; empty
+	// when nothing was replaced.
+	Rollback() (kept []string, command string)
 }
 
 // Staged is implemented by targets whose writes nobody can see before Commit: they build

@@ -15,8 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -41,8 +39,12 @@ type Options struct {
 	// files for rollback; SQL targets replace their rows in the restore's transaction).
 	Force bool
 	// SafetyBackup, with Force, is a bundle URL where a non-empty target's keys are saved
-	// first.
+	// first; empty means none (the CLI always gives one unless told not to). A failed or
+	// interrupted migration into an etcd API target puts them back from it.
 	SafetyBackup string
+	// OnSafetyBackup, when set, is told where the safety backup is before the target is
+	// touched.
+	OnSafetyBackup func(restore.SafetyBackup)
 	// Keys, when set, encrypt the safety backup so that exactly these keys open it (the
 	// public keys of the identities, or the passphrase); the undo command names them.
 	Keys encrypt.Keys
@@ -68,6 +70,10 @@ type Result struct {
 	SafetyBackup     string        `json:"safetyBackup,omitempty"`
 	Revision         int64         `json:"revision"`
 	Duration         time.Duration `json:"duration"`
+	// Kept and RollbackCommand: what a SQLite or etcd-dir target kept of the data it
+	// replaced, and the shell command that puts it back.
+	Kept            []string `json:"kept,omitempty"`
+	RollbackCommand string   `json:"rollbackCommand,omitempty"`
 }
 
 // Migrate copies every live key of From into To. If anything fails after the target was
@@ -78,8 +84,8 @@ func Migrate(ctx context.Context, o Options) (*Result, error) {
 	if o.From == "" || o.To == "" {
 		return nil, errors.New("migrate needs a source (--from) and a target (--to)")
 	}
-	if sameDatastore(o.From, o.To) {
-		return nil, fmt.Errorf("the source and the target are the same datastore (%s)", open.Redact(o.From))
+	if err := checkDistinct(ctx, o); err != nil {
+		return nil, err
 	}
 	if err := datastore.CheckBump(o.BumpRevision); err != nil {
 		return nil, err
@@ -132,14 +138,17 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 		return nil, err
 	}
 	res.PreviousRevision, res.PreviousKeys = state.Revision, state.Keys
-	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions, Keys: o.Keys}
-	abort := guard.Abort
+	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions, Keys: o.Keys,
+		OnSaved: o.OnSafetyBackup, PreviousKeys: state.Keys}
+	abort := func(ctx context.Context, t datastore.Target, cause error) error {
+		return guard.Abort(ctx, t, o.Force, cause)
+	}
 	if o.Force && state.Keys != 0 {
 		if o.SafetyBackup != "" {
 			if err := guard.Save(ctx, o.SafetyBackup); err != nil {
 				return nil, err
 			}
-			res.SafetyBackup = guard.Saved
+			res.SafetyBackup = guard.Saved.URL
 		}
 		slog.Warn("replacing the target's existing keys (--force)", "target", res.To, "keys", state.Keys, "revision", state.Revision)
 	}
@@ -170,6 +179,9 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 		o.Progress(snapshot.Progress{Phase: "migrate", Keys: e.keys, TotalKeys: e.keys, Bytes: e.bytes})
 	}
 	res.SourceRevision, res.Keys, res.Leases, res.ValueBytes, res.Revision = rev, e.keys, e.leases, e.bytes, final
+	if rb, ok := tg.(datastore.Rollbacker); ok {
+		res.Kept, res.RollbackCommand = rb.Rollback()
+	}
 	return res, nil
 }
 
@@ -224,17 +236,24 @@ func sourceRevision(ctx context.Context, src datastore.Source, raw string) (int6
 	return resp.Header.Revision, nil
 }
 
-// sameDatastore compares two URLs without their options.
-func sameDatastore(a, b string) bool {
-	norm := func(s string) string {
-		s, _, _ = strings.Cut(s, "?")
-		s = strings.TrimRight(s, "/")
-		if i := strings.Index(s, "://"); i > 0 {
-			if rest := s[i+3:]; strings.HasPrefix(rest, "/") {
-				s = s[:i+3] + filepath.Clean(rest)
-			}
-		}
-		return strings.Replace(s, "postgresql://", "postgres://", 1)
+// ErrSameDatastore means the source and the target of a migration are one datastore
+// (or overlapping parts of one): writing the target would destroy the source.
+var ErrSameDatastore = errors.New("the source and the target are the same datastore")
+
+// checkDistinct refuses a migration whose source and target are one datastore, decided
+// from the datastores themselves (etcd cluster ID, a file's device and inode, a SQL
+// server instance and database), not from how the URLs are spelt; nothing is written.
+func checkDistinct(ctx context.Context, o Options) error {
+	from, err := open.Identity(ctx, o.From, o.FromOptions)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
 	}
-	return norm(a) == norm(b)
+	to, err := open.Identity(ctx, o.To, o.ToOptions)
+	if err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	if from.Overlaps(to) {
+		return fmt.Errorf("%w: %s and %s both reach %s; nothing was written", ErrSameDatastore, open.Redact(o.From), open.Redact(o.To), from.Describe)
+	}
+	return nil
 }

@@ -35,7 +35,10 @@ type Options struct {
 	// SafetyBackup, when set, is where a non-empty target's keys are saved before Force
 	// replaces them, so an interrupted or mistaken restore can be undone.
 	SafetyBackup string
-	Progress     snapshot.ProgressFunc
+	// OnSafetyBackup, when set, is told where the safety backup is as soon as it is
+	// complete, before the target is touched (a CLI prints the undo command then).
+	OnSafetyBackup func(SafetyBackup)
+	Progress       snapshot.ProgressFunc
 	// Keys open an encrypted bundle.
 	Keys encrypt.Keys
 	// To, when set, restores a point in time: Store is then a prefix holding chains of
@@ -60,6 +63,10 @@ type Result struct {
 	PreviousKeys     int64            `json:"previousKeys"`
 	SafetyBackup     string           `json:"safetyBackup,omitempty"`
 	Revision         int64            `json:"revision"`
+	// Kept and RollbackCommand: the files a SQLite or etcd-dir target kept of the data it
+	// replaced, and the shell command that puts them back.
+	Kept            []string `json:"kept,omitempty"`
+	RollbackCommand string   `json:"rollbackCommand,omitempty"`
 	// DroppedKeys is how many of the bundle's keys Transform left out.
 	DroppedKeys int64         `json:"droppedKeys,omitempty"`
 	Duration    time.Duration `json:"duration"`
@@ -175,7 +182,8 @@ func write(ctx context.Context, o Options, target datastore.Target, snapRev, sna
 	if err != nil {
 		return nil, err
 	}
-	guard := &Guard{Op: "restore", Datastore: o.Datastore, Options: o.DatastoreOptions, Keys: o.Keys}
+	guard := &Guard{Op: "restore", Datastore: o.Datastore, Options: o.DatastoreOptions, Keys: o.Keys,
+		OnSaved: o.OnSafetyBackup, PreviousKeys: state.Keys}
 	if o.Force && state.Keys > 0 {
 		if o.SafetyBackup != "" {
 			if err := guard.Save(ctx, o.SafetyBackup); err != nil {
@@ -184,7 +192,9 @@ func write(ctx context.Context, o Options, target datastore.Target, snapRev, sna
 		}
 		slog.Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
 	}
-	abort := guard.Abort
+	abort := func(ctx context.Context, t datastore.Target, cause error) error {
+		return guard.Abort(ctx, t, o.Force, cause)
+	}
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}
@@ -197,7 +207,14 @@ func write(ctx context.Context, o Options, target datastore.Target, snapRev, sna
 	if err != nil {
 		return nil, abort(ctx, target, err)
 	}
-	return &Result{PreviousRevision: state.Revision, PreviousKeys: state.Keys, SafetyBackup: guard.Saved, Revision: rev}, nil
+	res := &Result{PreviousRevision: state.Revision, PreviousKeys: state.Keys, Revision: rev}
+	if guard.Saved != nil {
+		res.SafetyBackup = guard.Saved.URL
+	}
+	if rb, ok := target.(datastore.Rollbacker); ok {
+		res.Kept, res.RollbackCommand = rb.Rollback()
+	}
+	return res, nil
 }
 
 func progressPhase(f snapshot.ProgressFunc, phase string) snapshot.ProgressFunc {

@@ -335,8 +335,8 @@ func TestRevisionGapRefusedBeforeWriting(t *testing.T) {
 	_ = dstCli
 }
 
-// A forced restore interrupted mid-way leaves the target empty, and the safety bundle it
-// took first brings the old state back with one command.
+// A forced restore interrupted mid-way puts the target's previous keys back from the
+// safety bundle it took first; without one, the error says plainly that they are lost.
 func TestInterruptedForcedRestoreIsRecoverable(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd")
@@ -361,22 +361,29 @@ func TestInterruptedForcedRestoreIsRecoverable(t *testing.T) {
 				cancel() // Ctrl-C in the middle of writing
 			}
 		}})
-	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "vcsnap restore --force --datastore "+dst.URL+" "+safety) {
-		t.Fatalf("interrupted restore returned %v", err)
-	}
-	if resp, _ := dstCli.Get(context.Background(), "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly()); resp.Count != 0 {
-		t.Fatalf("interrupted restore left %d keys behind", resp.Count)
-	}
-	// The command the error names brings the old state back.
-	if _, err := restore.Restore(context.Background(), restore.Options{Store: safety, Datastore: dst.URL, Force: true}); err != nil {
-		t.Fatal(err)
+	var ae *restore.AbortError
+	if !errors.Is(err, context.Canceled) || !errors.As(err, &ae) || !ae.Kept || !ae.PutBack || ae.Saved == nil || ae.Saved.URL != safety {
+		t.Fatalf("interrupted restore returned %v (%+v)", err, ae)
 	}
 	assertSameKeys(t, old, dump(t, dstCli))
+
+	// Without a safety backup there is nothing to put back: the error says so.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	_, err = restore.Restore(ctx, restore.Options{Store: url, Datastore: dst.URL, Force: true,
+		Progress: func(p snapshot.Progress) {
+			if p.Phase == "restore" && p.Keys >= 1024 {
+				cancel()
+			}
+		}})
+	if !errors.As(err, &ae) || ae.Kept || ae.Saved != nil || !strings.Contains(err.Error(), "keys are lost: no safety backup") {
+		t.Fatalf("interrupted restore without a safety backup returned %v", err)
+	}
 }
 
 // TestTransform: Options.Transform sees every key; a dropped key is not written and is
 // counted, a replaced value is written, the rest is copied as captured; a Transform error
-// fails the restore and undoes it like any other failure (the target is left empty).
+// fails the restore and undoes it like any other failure (the empty target is left empty).
 func TestTransform(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd")
@@ -435,7 +442,7 @@ func TestTransform(t *testing.T) {
 	}
 	dst2, dst2Cli := startEtcd(t)
 	_, err = restore.Restore(ctx, restore.Options{Store: url, Datastore: dst2.URL, Transform: fail})
-	if err == nil || !strings.Contains(err.Error(), "cannot translate this pod") || !strings.Contains(err.Error(), "undone") {
+	if err == nil || !strings.Contains(err.Error(), "cannot translate this pod") || !strings.Contains(err.Error(), "left as it was") {
 		t.Fatalf("restore with a failing Transform: %v", err)
 	}
 	if resp, _ := dst2Cli.Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly()); resp.Count != 0 {

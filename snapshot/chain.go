@@ -83,8 +83,8 @@ type lineage struct {
 func lineages(entries []*Entry) map[string]*lineage {
 	out := map[string]*lineage{}
 	for _, e := range entries {
-		if e.Manifest == nil {
-			continue
+		if e.Manifest == nil || e.Manifest.IsSafetyBackup() {
+			continue // a safety backup is no snapshot of the source (see SafetyBackups)
 		}
 		id := e.Manifest.Chain
 		if id == "" {
@@ -153,7 +153,8 @@ func (l *lineage) follow(from int64, stop func(*Entry) bool) ([]*Entry, *Gap) {
 	return path, nil
 }
 
-// Chains groups complete bundles into chains, oldest first. Deltas that no full bundle
+// Chains groups complete bundles into chains, oldest first. Safety backups are no part
+// of any chain. Deltas that no full bundle
 // reaches are returned as orphans.
 func Chains(entries []*Entry) (chains []*Chain, orphans []*Entry) {
 	used := map[*Entry]bool{}

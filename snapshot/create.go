@@ -63,6 +63,10 @@ type CreateOptions struct {
 	Attempts int
 	// Chain, set by snapshot watch, is the chain id recorded in the manifest.
 	Chain string
+	// Purpose is recorded in the manifest: empty for a snapshot, bundle.PurposeSafety
+	// for a safety backup, which list, prune and point-in-time restores never take for
+	// a snapshot.
+	Purpose string
 }
 
 // CreateResult describes a finished snapshot.
@@ -88,6 +92,13 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fail before reading a whole datastore: a missing bucket, rejected credentials, a
+	// directory in the way or no permission show now.
+	if wc, ok := loc.Store.(storage.WriteChecker); ok {
+		if err := wc.CheckWritable(ctx, loc.Name); err != nil {
+			return nil, err
+		}
+	}
 	if !o.Overwrite {
 		if _, err := loc.Store.Stat(ctx, loc.Name); err == nil {
 			return nil, fmt.Errorf("%w: %s (delete it first or pass --overwrite)", ErrExists, loc.Store.URL(loc.Name))
@@ -102,6 +113,9 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 	defer src.Close()
 	if o.Source.Datastore == "" {
 		o.Source.Datastore = src.Kind()
+	}
+	if p, ok := src.(interface{ Prefix() string }); ok {
+		o.Source.Prefix = p.Prefix()
 	}
 	attempts := max(o.Attempts, 1)
 	if o.Attempts == 0 {
@@ -211,7 +225,7 @@ func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o Cre
 		w.Abort()
 		return nil, err
 	}
-	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes)})
+	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain, Purpose: o.Purpose, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes)})
 	if err != nil {
 		return nil, err
 	}

@@ -22,10 +22,27 @@ type Entry struct {
 	Modified time.Time        `json:"modified"`
 	Manifest *bundle.Manifest `json:"manifest,omitempty"`
 	// Problem is set when the object looks like a bundle but cannot be used: incomplete,
-	// corrupt, or of a newer format.
+	// corrupt, or of a newer format; or when it could not be read at all (Unreadable).
 	Problem string `json:"problem,omitempty"`
-	err     error
+	// Unreadable means the object could not be read (permission denied, an S3 403, a
+	// network error), so whether it is a bundle, and which, is unknown.
+	Unreadable bool `json:"unreadable,omitempty"`
+	err        error
 }
+
+// SafetyBackup reports whether the entry is a safety backup (see bundle.PurposeSafety).
+func (e *Entry) SafetyBackup() bool { return e.Manifest != nil && e.Manifest.IsSafetyBackup() }
+
+// ErrUnreadable means an object in the store could not be read, so a listing is not
+// complete.
+var ErrUnreadable = errors.New("an object in the store could not be read")
+
+// unreadableError wraps a failure to read an object's bytes, as opposed to bytes that
+// are not a (valid) bundle.
+type unreadableError struct{ err error }
+
+func (u unreadableError) Error() string { return u.err.Error() }
+func (u unreadableError) Unwrap() error { return u.err }
 
 // Err returns why the entry is not usable, or nil.
 func (e *Entry) Err() error { return e.err }
@@ -53,6 +70,12 @@ func describe(ctx context.Context, s storage.Store, info storage.ObjectInfo) *En
 	m, err := readTail(ctx, s, info)
 	if err == nil {
 		e.Manifest = m
+		return e
+	}
+	var ue unreadableError
+	if errors.As(err, &ue) && ctx.Err() == nil {
+		e.err = fmt.Errorf("%s: %w: %v", e.URL, ErrUnreadable, ue.err)
+		e.Problem, e.Unreadable = "unreadable: "+ue.err.Error(), true
 		return e
 	}
 	if !isBundleHead(ctx, s, info.Name) {
@@ -83,12 +106,12 @@ func readTail(ctx context.Context, s storage.Store, info storage.ObjectInfo) (*b
 func readRange(ctx context.Context, s storage.Store, name string, off, n int64) ([]byte, error) {
 	rc, err := s.GetRange(ctx, name, off, n)
 	if err != nil {
-		return nil, err
+		return nil, unreadableError{err}
 	}
 	defer rc.Close()
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(rc, buf); err != nil {
-		return nil, fmt.Errorf("read %s: %w", s.URL(name), err)
+		return nil, unreadableError{fmt.Errorf("read %s: %w", s.URL(name), err)}
 	}
 	return buf, nil
 }
@@ -100,14 +123,16 @@ func isBundleHead(ctx context.Context, s storage.Store, name string) bool {
 	return err == nil && bytes.Equal(head, bundleMagic)
 }
 
-// List describes every bundle under a store URL prefix, reading only manifests. Objects
-// that are not vcsnap bundles are left out; uploads in progress are never visible.
+// List describes every bundle in a store folder and the folders below it, reading only
+// manifests. The prefix is a folder: s3://b/vc1 lists s3://b/vc1/..., never vc10's
+// bundles. Objects that are not vcsnap bundles are left out; uploads in progress are
+// never visible; objects that cannot be read are listed with Unreadable set.
 func List(ctx context.Context, prefixURL string) ([]*Entry, error) {
 	loc, err := storage.Open(ctx, prefixURL)
 	if err != nil {
 		return nil, err
 	}
-	objs, err := loc.Store.List(ctx, loc.Name)
+	objs, err := loc.Store.List(ctx, storage.Folder(loc.Name))
 	if err != nil {
 		return nil, err
 	}

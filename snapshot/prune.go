@@ -34,6 +34,10 @@ type PruneOptions struct {
 	// names that prefix each other, vc1 and vc1-b) never prune each other's bundles.
 	VClusterName, VClusterNamespace string
 	DryRun                          bool
+	// SafetyPolicy is the retention of safety backups (bundles a forced restore or
+	// migration saved of the target it replaced), which never count as snapshots. An
+	// empty policy keeps every safety backup.
+	SafetyPolicy Policy
 	// IncompleteGrace is how old an abandoned upload (a file store's .part file, an S3
 	// multipart upload never completed) must be before it is removed; zero means 24h.
 	IncompleteGrace time.Duration
@@ -53,9 +57,12 @@ type PruneDecision struct {
 
 // PruneResult lists every decision.
 type PruneResult struct {
-	Bundles    []PruneDecision `json:"bundles"`
-	Incomplete []PruneDecision `json:"incomplete"`
-	DryRun     bool            `json:"dryRun"`
+	// Folder is the store folder pruned (the prefix with a trailing slash).
+	Folder        string          `json:"folder"`
+	Bundles       []PruneDecision `json:"bundles"`
+	SafetyBackups []PruneDecision `json:"safetyBackups"`
+	Incomplete    []PruneDecision `json:"incomplete"`
+	DryRun        bool            `json:"dryRun"`
 }
 
 // ErrNothingVerifies means no bundle under the prefix passed verification, so pruning
@@ -68,9 +75,11 @@ type incompleteStore interface {
 	RemoveIncomplete(ctx context.Context, info storage.ObjectInfo) error
 }
 
-// Prune applies the policy to the complete full bundles under prefixURL. The newest bundle
-// that passes a full verification is always kept; bundles that are damaged are reported
-// and left alone for a person to look at.
+// Prune applies the policy to the complete full bundles in the folder prefixURL names
+// (and the folders below it). The newest bundle that passes a full verification is always
+// kept; bundles that are damaged are reported and left alone for a person to look at.
+// Safety backups follow SafetyPolicy and never count as snapshots. Nothing is decided
+// while any object cannot be read (ErrUnreadable).
 func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult, error) {
 	if o.Policy.Empty() {
 		return nil, errors.New("prune needs at least one --keep-* rule; it never deletes every snapshot")
@@ -87,12 +96,29 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 	if err != nil {
 		return nil, err
 	}
+	folder := storage.Folder(loc.Name)
 	entries, err := List(ctx, prefixURL)
 	if err != nil {
 		return nil, err
 	}
-	var good []*Entry
+	// A bundle that cannot be read might be the newest good one: deciding without it
+	// could delete what a person still needs.
+	var unreadable []string
 	for _, e := range entries {
+		if e.Unreadable {
+			unreadable = append(unreadable, e.URL+" ("+e.Problem+")")
+		}
+	}
+	if len(unreadable) > 0 {
+		return nil, fmt.Errorf("%w: %d object(s) under %s, first %s; prune decides nothing while it cannot see every bundle",
+			ErrUnreadable, len(unreadable), storage.FolderURL(prefixURL), unreadable[0])
+	}
+	var good, safety []*Entry
+	for _, e := range entries {
+		if e.SafetyBackup() {
+			safety = append(safety, e)
+			continue
+		}
 		if e.Manifest == nil {
 			slog.Warn("leaving a damaged bundle alone", "bundle", e.URL, "problem", e.Problem)
 			continue
@@ -134,7 +160,11 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		decisions[verified].Reasons = append(decisions[verified].Reasons, "newest verified")
 	}
 
-	res := &PruneResult{DryRun: o.DryRun}
+	res := &PruneResult{Folder: storage.FolderURL(prefixURL), DryRun: o.DryRun, Bundles: []PruneDecision{}, Incomplete: []PruneDecision{}}
+	res.SafetyBackups, err = pruneSafety(ctx, loc.Store, safety, o)
+	if err != nil {
+		return res, err
+	}
 	for i, c := range chains {
 		res.Bundles = append(res.Bundles, decisions[i])
 		for _, d := range c.Deltas {
@@ -164,7 +194,7 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 	}
 
 	if is, ok := loc.Store.(incompleteStore); ok {
-		inc, err := is.ListIncomplete(ctx, loc.Name)
+		inc, err := is.ListIncomplete(ctx, folder)
 		if err != nil {
 			return res, err
 		}
@@ -181,6 +211,28 @@ func Prune(ctx context.Context, prefixURL string, o PruneOptions) (*PruneResult,
 		}
 	}
 	return res, nil
+}
+
+// pruneSafety applies the safety policy to safety backups: newest first, every one kept
+// when the policy is empty.
+func pruneSafety(ctx context.Context, s storage.Store, safety []*Entry, o PruneOptions) ([]PruneDecision, error) {
+	sort.SliceStable(safety, func(i, j int) bool { return safety[i].Manifest.Created.After(safety[j].Manifest.Created) })
+	out := applyPolicy(safety, o.SafetyPolicy)
+	for i := range out {
+		if o.SafetyPolicy.Empty() {
+			out[i].Keep = true
+			out[i].Reasons = []string{"safety backup (no --keep-safety-* rule: kept)"}
+			continue
+		}
+		out[i].Reasons = append([]string{"safety backup"}, out[i].Reasons...)
+		if out[i].Keep || o.DryRun {
+			continue
+		}
+		if err := s.Delete(ctx, safety[i].Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return out, fmt.Errorf("delete %s: %w", out[i].URL, err)
+		}
+	}
+	return out, nil
 }
 
 // verifyForPrune fully verifies a bundle; an encrypted one without its key (a backup Job

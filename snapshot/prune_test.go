@@ -106,18 +106,22 @@ func TestPruneNeverDeletesNewestVerified(t *testing.T) {
 	os.WriteFile(a, data, 0o644)
 	os.WriteFile(filepath.Join(dir, "snap-Z"), []byte("\x89VCSNAP\ntruncated"), 0o644)
 	now := time.Date(2026, 11, 21, 13, 0, 0, 0, time.UTC)
-	oldPart, newPart := filepath.Join(dir, "snap-X.1.part"), filepath.Join(dir, "snap-Y.2.part")
+	oldPart, newPart := filepath.Join(dir, "snap-X.vcsnap-1.part"), filepath.Join(dir, "snap-Y.vcsnap-2.part")
+	// Another program's part file, as old as the abandoned upload: not vcsnap's to remove.
+	foreign := filepath.Join(dir, "snap-old.abc123.part")
 	os.WriteFile(oldPart, []byte("abandoned"), 0o644)
 	os.WriteFile(newPart, []byte("running"), 0o644)
+	os.WriteFile(foreign, []byte("someone else's"), 0o644)
 	os.Chtimes(oldPart, now.Add(-48*time.Hour), now.Add(-48*time.Hour))
 	os.Chtimes(newPart, now.Add(-time.Minute), now.Add(-time.Minute))
+	os.Chtimes(foreign, now.Add(-48*time.Hour), now.Add(-48*time.Hour))
 
 	res, err := snapshot.Prune(ctx, "file://"+dir+"/", snapshot.PruneOptions{Policy: snapshot.Policy{Last: 1}, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A: kept by "last 1" (a person must look at it); B: the newest that verifies; Z: damaged, left.
-	if got := survivors(t, dir); got != "A,B,Y.2.part,Z" {
+	if got := survivors(t, dir); got != "A,B,Y.vcsnap-2.part,Z,old.abc123.part" {
 		t.Fatalf("survivors %s", got)
 	}
 	if len(res.Incomplete) != 2 {
@@ -144,7 +148,7 @@ func TestPruneOnlyItsOwnCluster(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d", vc, i)), buf.Bytes(), 0o644)
 	}
-	_, err := snapshot.Prune(ctx, "file://"+dir+"/team-", snapshot.PruneOptions{Policy: snapshot.Policy{Last: 1},
+	_, err := snapshot.Prune(ctx, "file://"+dir+"/", snapshot.PruneOptions{Policy: snapshot.Policy{Last: 1},
 		VClusterName: "team", VClusterNamespace: "ns"})
 	if err != nil {
 		t.Fatal(err)

@@ -16,8 +16,32 @@ import (
 // partSuffix marks in-progress files. They are never listed or read as objects.
 const partSuffix = ".part"
 
+// partMark is in the name of every temporary file Put writes ("<name>.vcsnap-<random>.part"),
+// so that removing abandoned uploads touches only files vcsnap can prove it wrote, never
+// another program's ".part" files.
+const partMark = ".vcsnap-"
+
+// ownPart reports whether a file name is one of Put's temporary files.
+func ownPart(name string) bool {
+	base := filepath.Base(name)
+	i := strings.LastIndex(base, partMark)
+	if i <= 0 || !strings.HasSuffix(base, partSuffix) {
+		return false
+	}
+	digits := base[i+len(partMark) : len(base)-len(partSuffix)]
+	if digits == "" {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // FileStore keeps objects as files under a root directory. Put writes a temporary
-// "<name>.<random>.part" file, fsyncs it, renames it into place and fsyncs the directory,
+// "<name>.vcsnap-<random>.part" file, fsyncs it, renames it into place and fsyncs the directory,
 // so an object is either whole or absent, even after a crash.
 type FileStore struct {
 	root string
@@ -50,7 +74,7 @@ func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) (err erro
 	if err := mkdirAllSynced(dir); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, filepath.Base(p)+".*"+partSuffix)
+	f, err := os.CreateTemp(dir, filepath.Base(p)+partMark+"*"+partSuffix)
 	if err != nil {
 		return err
 	}
@@ -139,9 +163,31 @@ func (s *FileStore) open(name string) (*os.File, error) {
 	}
 	if st, err := f.Stat(); err == nil && st.IsDir() {
 		f.Close()
-		return nil, fmt.Errorf("%s is a directory: %w", s.URL(name), ErrNotFound)
+		return nil, fmt.Errorf("%w: %s is a directory, not a bundle: name a file in it, such as %s/NAME", ErrIsFolder, s.URL(name), s.URL(name))
 	}
 	return f, nil
+}
+
+// CheckWritable creates the object's directory and checks that a file can be written
+// there (leaving nothing), and refuses a name that is a directory.
+func (s *FileStore) CheckWritable(ctx context.Context, name string) error {
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		return fmt.Errorf("%w: %s is a directory, not a bundle: name a file in it, such as %s/NAME", ErrIsFolder, s.URL(name), s.URL(name))
+	}
+	dir := filepath.Dir(p)
+	if err := mkdirAllSynced(dir); err != nil {
+		return fmt.Errorf("%w: cannot create %s: %v", ErrUnavailable, dir, err)
+	}
+	f, err := os.CreateTemp(dir, filepath.Base(p)+partMark+"*"+partSuffix)
+	if err != nil {
+		return fmt.Errorf("%w: cannot write in %s: %v", ErrUnavailable, dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
 
 func (s *FileStore) Get(ctx context.Context, name string) (io.ReadCloser, error) {
@@ -195,7 +241,7 @@ func (s *FileStore) walk(ctx context.Context, prefix string, parts bool) ([]Obje
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if d.IsDir() || !d.Type().IsRegular() || strings.HasSuffix(p, partSuffix) != parts {
+		if d.IsDir() || !d.Type().IsRegular() || strings.HasSuffix(p, partSuffix) != parts || (parts && !ownPart(p)) {
 			return nil
 		}
 		rel, err := filepath.Rel(s.root, p)
@@ -231,14 +277,15 @@ func (s *FileStore) Delete(ctx context.Context, name string) error {
 	return syncDir(filepath.Dir(p))
 }
 
-// ListIncomplete returns the uploads in progress (or abandoned by a crash) under prefix.
+// ListIncomplete returns the uploads in progress (or abandoned by a crash) under prefix:
+// only Put's own temporary files, never other ".part" files.
 func (s *FileStore) ListIncomplete(ctx context.Context, prefix string) ([]ObjectInfo, error) {
 	return s.walk(ctx, prefix, true)
 }
 
 // RemoveIncomplete deletes an upload's part file that ListIncomplete returned.
 func (s *FileStore) RemoveIncomplete(ctx context.Context, info ObjectInfo) error {
-	if !strings.HasSuffix(info.Name, partSuffix) {
+	if !ownPart(info.Name) {
 		return fmt.Errorf("%q is not an upload in progress", info.Name)
 	}
 	return os.Remove(filepath.Join(s.root, filepath.Clean("/"+info.Name)))

@@ -16,6 +16,23 @@ import (
 // ErrNotFound means the named object does not exist.
 var ErrNotFound = errors.New("object not found")
 
+// ErrUnavailable means the store could not be reached or refused access: no
+// credentials, credentials rejected, permission denied, a network failure.
+var ErrUnavailable = errors.New("store unavailable")
+
+// ErrIsFolder means a URL that must name an object names a folder.
+var ErrIsFolder = errors.New("the URL names a folder, not an object")
+
+// ErrBadURL means a store URL cannot be used as written: no or an unknown scheme, an
+// unknown option, a relative path. The message says what to write instead.
+var ErrBadURL = errors.New("bad store URL")
+
+// badURL marks an error as ErrBadURL while keeping its own message.
+type badURL struct{ error }
+
+func (badURL) Is(target error) bool { return target == ErrBadURL }
+func (b badURL) Unwrap() error      { return b.error }
+
 // ObjectInfo describes one stored object.
 type ObjectInfo struct {
 	Name     string
@@ -40,6 +57,13 @@ type Store interface {
 	Delete(ctx context.Context, name string) error
 	// URL renders an object's location for people, without credentials.
 	URL(name string) string
+}
+
+// WriteChecker is a Store that can tell, before any work, whether Put of name can
+// succeed (the bucket exists and the credentials reach it; the directory can be written),
+// so that a snapshot fails at once instead of after reading a whole datastore.
+type WriteChecker interface {
+	CheckWritable(ctx context.Context, name string) error
 }
 
 // ServerSideCopier is a Store that can copy an object from another store without the
@@ -74,7 +98,7 @@ func WithHTTPClient(hc *http.Client) OpenOption {
 func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error) {
 	p, err := parseURL(raw)
 	if err != nil {
-		return Location{}, err
+		return Location{}, badURL{err}
 	}
 	if p.scheme == "file" {
 		return Location{Store: NewFileStore("/"), Name: p.name}, nil
@@ -125,6 +149,28 @@ func parseURL(raw string) (parsedURL, error) {
 	default:
 		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
 	}
+}
+
+// Folder turns an object-name prefix into a folder: "backups" becomes "backups/", so
+// listing it never matches the sibling "backups2/". The root ("") stays the root.
+func Folder(prefix string) string {
+	if prefix == "" || strings.HasSuffix(prefix, "/") {
+		return prefix
+	}
+	return prefix + "/"
+}
+
+// FolderURL renders the folder a prefix URL names (with a trailing slash), keeping the
+// URL's options: what list, prune and the point-in-time commands act on.
+func FolderURL(raw string) string {
+	base, query, hasQuery := strings.Cut(raw, "?")
+	if i := strings.Index(base, "://"); i >= 0 && strings.Trim(base[i+3:], "/") != "" {
+		base = strings.TrimRight(base, "/") + "/"
+	}
+	if hasQuery {
+		base += "?" + query
+	}
+	return base
 }
 
 // SameObject reports whether two locations name one object: a copy onto itself would

@@ -44,7 +44,11 @@ func TestFakeS3Conformance(t *testing.T) {
 func TestFilePartFilesHidden(t *testing.T) {
 	dir := t.TempDir()
 	s := storage.NewFileStore(dir)
-	if err := os.WriteFile(filepath.Join(dir, "snap.123.part"), []byte("half"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "snap.vcsnap-123.part"), []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Another program's part file: hidden from List, and not an upload of ours either.
+	if err := os.WriteFile(filepath.Join(dir, "old.abc123.part"), []byte("theirs"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	infos, err := s.List(context.Background(), "")

@@ -16,6 +16,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/translate"
 )
 
@@ -33,7 +34,7 @@ func (a *app) emit(v any, text func()) error {
 }
 
 func (a *app) snapshotCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "snapshot", Short: "Create, list, describe, verify and delete snapshots"}
+	cmd := groupCommand(&cobra.Command{Use: "snapshot", Short: "Create, list, describe, verify and delete snapshots"})
 	cmd.AddCommand(a.createCommand(), a.listCommand(), a.describeCommand(), a.verifyCommand(), a.deleteCommand(), a.pruneCommand(), a.copyCommand(), a.watchCommand(), a.compactCommand())
 	return cmd
 }
@@ -139,8 +140,13 @@ func (a *app) listCommand() *cobra.Command {
 	var chains bool
 	cmd := &cobra.Command{
 		Use:   "list STORE_PREFIX",
-		Short: "List the bundles under a prefix, and the chains of snapshot watch (reads only their manifests)",
-		Args:  exactArgs("STORE_PREFIX"),
+		Short: "List the bundles in a store folder, and the chains of snapshot watch (reads only their manifests)",
+		Long: `list reads the manifests of the bundles in the folder STORE_PREFIX names and in the folders
+below it. The prefix is a folder: s3://backups/vc1 lists s3://backups/vc1/..., never vc10's
+bundles. Safety backups (a target's keys that restore --force or migrate --force saved) are
+listed with the kind "safety". An object that cannot be read (permission denied, access denied,
+a network error) is listed as unreadable with the reason, and the command then exits 9.`,
+		Args: exactArgs("STORE_PREFIX"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			entries, err := snapshot.List(cmd.Context(), args[0])
 			if err != nil {
@@ -149,51 +155,93 @@ func (a *app) listCommand() *cobra.Command {
 			if entries == nil {
 				entries = []*snapshot.Entry{}
 			}
+			unreadable := 0
+			for _, e := range entries {
+				if e.Unreadable {
+					unreadable++
+				}
+			}
+			folder := storage.FolderURL(args[0])
+			fmt.Fprintf(a.stderr, "Folder %s: %d object(s) read as bundles%s\n", folder, len(entries), folderSummary(entries))
 			cs, orphans := snapshot.Chains(entries)
 			if chains {
-				return a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans, false) })
+				if cs == nil {
+					cs = []*snapshot.Chain{}
+				}
+				if orphans == nil {
+					orphans = []*snapshot.Entry{}
+				}
+				err = a.emit(map[string]any{"chains": cs, "orphans": orphans}, func() { a.printChains(cs, orphans, false) })
+			} else {
+				err = a.emit(entries, func() { a.printEntries(entries, cs, orphans) })
 			}
-			return a.emit(entries, func() {
-				inChain := map[*snapshot.Entry]bool{}
-				for _, c := range cs {
-					if c.ID == "" {
-						continue
-					}
-					for _, e := range c.Bundles() {
-						inChain[e] = true
-					}
-				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				rows := 0
-				for _, e := range entries {
-					if inChain[e] || (e.Manifest != nil && e.Manifest.Kind == bundle.KindDelta) {
-						continue
-					}
-					if rows++; rows == 1 {
-						fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
-					}
-					if e.Manifest == nil {
-						fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%s\n", e.Name, humanBytes(e.Size), e.Problem)
-						continue
-					}
-					m := e.Manifest
-					status := "complete"
-					if m.Partial {
-						status = "partial"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Name, m.Created.Format(time.RFC3339), m.Kind,
-						m.Source.Datastore, m.Revision, m.Keys, humanBytes(e.Size), status)
-				}
-				if rows == 0 && len(cs) == 0 && len(orphans) == 0 {
-					fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tSTATUS")
-				}
-				tw.Flush()
-				a.printChains(cs, orphans, rows > 0)
-			})
+			if err == nil && unreadable > 0 {
+				err = fmt.Errorf("%w: %d object(s) in %s could not be read (listed above as unreadable); the list is incomplete", snapshot.ErrUnreadable, unreadable, folder)
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&chains, "chains", false, "with -o json: print the chains (full bundle, deltas, revisions and times covered) instead of the bundles")
 	return cmd
+}
+
+// folderSummary names the folders below the listed one that hold bundles.
+func folderSummary(entries []*snapshot.Entry) string {
+	seen := map[string]bool{}
+	var dirs []string
+	for _, e := range entries {
+		d := "."
+		if i := strings.LastIndex(e.URL, "/"); i >= 0 {
+			d = e.URL[:i+1]
+		}
+		if !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	if len(dirs) <= 1 {
+		return ""
+	}
+	return " in " + strings.Join(dirs, ", ")
+}
+
+// printEntries prints the bundles that are no part of a chain of snapshot watch, then the
+// chains.
+func (a *app) printEntries(entries []*snapshot.Entry, cs []*snapshot.Chain, orphans []*snapshot.Entry) {
+	inChain := map[*snapshot.Entry]bool{}
+	for _, c := range cs {
+		if c.ID == "" {
+			continue
+		}
+		for _, e := range c.Bundles() {
+			inChain[e] = true
+		}
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tCREATED\tKIND\tDATASTORE\tREVISION\tKEYS\tSIZE\tENCRYPTED\tSTATUS")
+	rows := 0
+	for _, e := range entries {
+		if inChain[e] || (e.Manifest != nil && e.Manifest.Kind == bundle.KindDelta && !e.SafetyBackup()) {
+			continue
+		}
+		rows++
+		if e.Manifest == nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t-\t%s\n", e.Name, humanBytes(e.Size), e.Problem)
+			continue
+		}
+		m := e.Manifest
+		kind, status := string(m.Kind), "complete"
+		if e.SafetyBackup() {
+			kind = "safety"
+		}
+		if m.Partial {
+			status = "partial"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", e.Name, m.Created.Format(time.RFC3339), kind,
+			m.Source.Datastore, m.Revision, m.Keys, humanBytes(e.Size), m.Encryption.String(), status)
+	}
+	tw.Flush()
+	a.printChains(cs, orphans, rows > 0)
 }
 
 // printChains shows each chain of snapshot watch as one line: its full bundle, how many
@@ -269,11 +317,13 @@ func (a *app) printManifest(url string, size int64, m *bundle.Manifest) {
 	row("Leases", m.Leases)
 	row("Values", humanBytes(m.ValueBytes))
 	row("Stored size", humanBytes(size))
-	enc := "no"
-	if m.Encryption != nil {
-		enc = fmt.Sprintf("%s, %d recipient(s)", m.Encryption.Scheme, m.Encryption.Recipients)
+	row("Encrypted", m.Encryption.String())
+	if m.IsSafetyBackup() {
+		row("Purpose", "safety backup: a target's keys saved before vcsnap replaced them (not a snapshot of a source)")
 	}
-	row("Encrypted", enc)
+	if m.Source.Prefix != "" {
+		row("Key prefix", m.Source.Prefix+" (only keys under it were captured)")
+	}
 	row("Partial", m.Partial)
 	row("Written by", m.Tool)
 	if m.Source.HostServiceCIDR != "" {
@@ -461,11 +511,13 @@ With --datastore, stop the virtual control plane first.`,
 			}
 			progress, done := a.progress()
 			o.Progress = progress
+			o.OnSafetyBackup = a.announceSafety("restore")
 			res, err := restore.Restore(cmd.Context(), o)
 			done()
 			if err != nil {
 				return err
 			}
+			printRollback(a.stderr, res.Kept, res.RollbackCommand)
 			out := restoreOutput{Result: res}
 			if rules != nil {
 				st := rules.Stats()
@@ -534,7 +586,8 @@ func (a *app) versionCommand() *cobra.Command {
 // them: beside the bundle being restored, keeping the URL's options.
 func safetyBackupURL(store string, now time.Time) string {
 	base, query, _ := strings.Cut(store, "?")
-	u := base + ".pre-restore-" + now.UTC().Format("20060102T150405Z")
+	// Milliseconds: two forced restores in one second must not name one safety backup.
+	u := base + ".pre-restore-" + now.UTC().Format("20060102T150405.000Z")
 	if query != "" {
 		u += "?" + query
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 
 	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/migrate"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/vcluster"
 	"github.com/vcsnap/vcsnap/volumes"
@@ -23,6 +25,7 @@ const (
 	exitUnsupported = 6   // a newer bundle format, or not a vcsnap bundle at all
 	exitUnavailable = 7   // the datastore could not be reached
 	exitNoKey       = 8   // the bundle is encrypted and no given key opens it
+	exitStore       = 9   // the store could not be reached or read: credentials, permission, network
 	exitInterrupted = 130 // cancelled by Ctrl-C or SIGTERM
 )
 
@@ -42,7 +45,8 @@ func exitCode(err error) int {
 		return ee.code // the engine Job's own vcsnap exit code
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, storage.ErrBadURL), errors.Is(err, datastore.ErrBadURL),
+		errors.Is(err, encrypt.ErrKeyArgument), errors.Is(err, migrate.ErrSameDatastore), errors.Is(err, storage.ErrIsFolder):
 		return exitUsage
 	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete), errors.As(err, &gap):
 		return exitCorrupt
@@ -59,6 +63,8 @@ func exitCode(err error) int {
 		return exitUnsupported
 	case errors.Is(err, datastore.ErrUnavailable):
 		return exitUnavailable
+	case errors.Is(err, snapshot.ErrUnreadable), errors.Is(err, storage.ErrUnavailable):
+		return exitStore
 	}
 	return exitFailure
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,6 +79,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			err = fmt.Errorf("%w (%v)", context.Canceled, err)
 		}
 		fmt.Fprintf(stderr, "Error: %v\n", err)
+		explainAbort(stderr, err)
+		if a.output == "json" {
+			// A program reading -o json gets the failure in the same form as a result.
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(map[string]any{"error": err.Error(), "exitCode": exitCode(err)})
+		}
 	}
 	return exitCode(err)
 }
@@ -109,6 +117,7 @@ into one verified, compressed bundle in an object store, and restores it.`,
 	_ = root.PersistentFlags().MarkHidden("cpuprofile")
 	_ = root.PersistentFlags().MarkHidden("memprofile")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
+	groupCommand(root)
 	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.resumeCommand(), a.migrateCommand(), a.versionCommand())
 	return root
 }
@@ -130,6 +139,45 @@ func (a *app) setupLogging() error {
 	}
 	slog.SetDefault(slog.New(h))
 	return nil
+}
+
+// groupCommand makes a command that only holds subcommands refuse what is not one of
+// them: cobra would print the help and exit 0, so a misspelt subcommand in a CronJob
+// ("snapshot creat") would "succeed". Its flags are not parsed, so that "snapshot prnue
+// --keep-last 3" blames the subcommand, not the flag.
+func groupCommand(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.DisableFlagParsing = true
+	cmd.SuggestionsMinimumDistance = 2
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		var word string
+		for _, a := range args {
+			if a == "-h" || a == "--help" {
+				return cmd.Help()
+			}
+			if word == "" && !strings.HasPrefix(a, "-") {
+				word = a
+			}
+		}
+		if word == "" {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			return usageError{fmt.Errorf("%s needs a subcommand before its flags (%s); see %s --help", cmd.CommandPath(), strings.Join(args, " "), cmd.CommandPath())}
+		}
+		hint := ""
+		if s := cmd.SuggestionsFor(word); len(s) > 0 {
+			hint = fmt.Sprintf("; did you mean %q?", s[0])
+		}
+		var names []string
+		for _, c := range cmd.Commands() {
+			if c.IsAvailableCommand() {
+				names = append(names, c.Name())
+			}
+		}
+		return usageError{fmt.Errorf("unknown command %q for %q%s (commands: %s)", word, cmd.CommandPath(), hint, strings.Join(names, ", "))}
+	}
+	return cmd
 }
 
 // exactArgs is cobra.ExactArgs with a usage error and names for the arguments.

@@ -293,8 +293,8 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestSafetyBackupURLKeepsOptions(t *testing.T) {
 	at := time.Date(2026, 11, 21, 3, 4, 5, 0, time.UTC)
 	for in, want := range map[string]string{
-		"file:///b/snap": "file:///b/snap.pre-restore-20261121T030405Z",
-		"s3://bkt/vc/snap?region=eu-west-1&endpoint=http://x": "s3://bkt/vc/snap.pre-restore-20261121T030405Z?region=eu-west-1&endpoint=http://x",
+		"file:///b/snap": "file:///b/snap.pre-restore-20261121T030405.000Z",
+		"s3://bkt/vc/snap?region=eu-west-1&endpoint=http://x": "s3://bkt/vc/snap.pre-restore-20261121T030405.000Z?region=eu-west-1&endpoint=http://x",
 	} {
 		if got := safetyBackupURL(in, at); got != want {
 			t.Errorf("safetyBackupURL(%q) = %q, want %q", in, got, want)

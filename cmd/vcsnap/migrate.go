@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +17,7 @@ import (
 
 func (a *app) migrateCommand() *cobra.Command {
 	var o migrate.Options
+	var noSafety bool
 	cmd := &cobra.Command{
 		Use:   "migrate --from URL --to URL",
 		Short: "Convert a datastore into another kind (SQLite to embedded etcd, etcd to SQLite, SQLite to PostgreSQL/MySQL, ...)",
@@ -22,8 +26,15 @@ rules: values, create revisions and leases are kept, the target's revision ends 
 source's and the target's previous revision plus --bump-revision, and every older revision is
 compacted so clients re-list. Nothing is staged on disk: the source's read feeds the target.
 
-Stop the virtual control plane first (scale its StatefulSet to 0). A failure leaves the target as
-it was (kine SQL and etcd-dir targets) or empties it again (etcd API targets).
+Stop the virtual control plane first (scale its StatefulSet to 0). The source and the target must
+be different datastores: vcsnap asks each for its identity (etcd cluster ID, the SQLite file's
+device and inode, the SQL server and database) and refuses one datastore spelt two ways before
+writing anything.
+
+With --force, the target's keys are first saved into a safety backup (--safety-backup, by default
+a file under ~/.local/state/vcsnap/safety) and the command that brings them back is printed. A
+failed or interrupted migration leaves the target as it was: kine SQL and etcd-dir targets are
+never touched before the commit, and an etcd API target gets its saved keys put back.
 
 Datastore URLs:
   sqlite:///data/state.db                  kine's SQLite database (vcluster's default)
@@ -41,7 +52,7 @@ A password inside the URL works but is warned about and never printed.`,
 		Example: `  # vcluster's default SQLite datastore to its embedded etcd, offline (both on the PVC)
   vcsnap migrate --from sqlite:///data/state.db --to 'etcd-dir:///data/etcd?vcluster=vc1&namespace=team-a'
   # into a running etcd
-  vcsnap migrate --from sqlite:///data/state.db --to etcds://vc1-etcd:2379?cacert=/data/pki/etcd/ca.crt&cert=...&key=...
+  vcsnap migrate --from sqlite:///data/state.db --to 'etcds://vc1-etcd:2379?cacert=/data/pki/etcd/ca.crt&cert=...&key=...'
   # outgrow SQLite: to an external PostgreSQL
   vcsnap migrate --from sqlite:///data/state.db --to 'postgres://kine@db:5432/vc1?sslmode=require' --to-password-file /secrets/pg`,
 		Args: exactArgs(),
@@ -49,16 +60,31 @@ A password inside the URL works but is warned about and never printed.`,
 			if o.From == "" || o.To == "" {
 				return usageError{fmt.Errorf("--from and --to are required")}
 			}
-			if o.SafetyBackup == "" && (len(o.Keys.IdentityFiles) > 0 || o.Keys.PassphraseFile != "") {
-				return usageError{fmt.Errorf("--identity-file and --passphrase-file encrypt the safety backup: give --safety-backup STORE_URL too")}
+			if noSafety && o.SafetyBackup != "" {
+				return usageError{fmt.Errorf("give --safety-backup or --no-safety-backup, not both")}
+			}
+			if noSafety && (len(o.Keys.IdentityFiles) > 0 || o.Keys.PassphraseFile != "") {
+				return usageError{fmt.Errorf("--identity-file and --passphrase-file encrypt the safety backup, which --no-safety-backup turns off")}
+			}
+			if o.Force && !noSafety && o.SafetyBackup == "" {
+				dir, err := safetyDir()
+				if err != nil {
+					return usageError{fmt.Errorf("%w; give --safety-backup STORE_URL (or --no-safety-backup)", err)}
+				}
+				o.SafetyBackup = "file://" + filepath.Join(dir, "migrate-"+time.Now().UTC().Format("20060102T150405Z"))
 			}
 			progress, done := a.progress()
 			o.Progress = progress
+			o.OnSafetyBackup = a.announceSafety("migration")
 			res, err := migrate.Migrate(cmd.Context(), o)
 			done()
+			if errors.Is(err, migrate.ErrSameDatastore) {
+				return usageError{err}
+			}
 			if err != nil {
 				return err
 			}
+			printRollback(a.stderr, res.Kept, res.RollbackCommand)
 			return a.emit(res, func() {
 				fmt.Fprintf(a.stdout, "Migrated %s (%s, revision %d) to %s (%s): %d keys, %d leases, %s of values; revision now %d (target before %d), %s\n",
 					res.From, res.FromKind, res.SourceRevision, res.To, res.ToKind, res.Keys, res.Leases, humanBytes(res.ValueBytes),
@@ -73,7 +99,8 @@ A password inside the URL works but is warned about and never printed.`,
 	f.StringVar(&o.From, "from", "", "source datastore URL")
 	f.StringVar(&o.To, "to", "", "target datastore URL")
 	f.BoolVar(&o.Force, "force", false, "replace a non-empty target (SQLite and etcd-dir targets keep the previous files for rollback)")
-	f.StringVar(&o.SafetyBackup, "safety-backup", "", "with --force, first save the target's keys into a bundle at this store URL")
+	f.StringVar(&o.SafetyBackup, "safety-backup", "", "with --force, first save the target's keys into a bundle at this store URL (default: a file under $XDG_STATE_HOME/vcsnap/safety, else ~/.local/state/vcsnap/safety)")
+	f.BoolVar(&noSafety, "no-safety-backup", false, "with --force, do not save the target's current keys before replacing them")
 	f.StringArrayVar(&o.Keys.IdentityFiles, "identity-file", nil, "encrypt the safety backup for this age identity's public key (AGE-SECRET-KEY-1... file; repeatable)")
 	f.StringVar(&o.Keys.PassphraseFile, "passphrase-file", "", "encrypt the safety backup with the passphrase in this file")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(source, target) revision the migrated revision ends")
@@ -81,6 +108,20 @@ A password inside the URL works but is warned about and never printed.`,
 	passwordFileFlag(f, "from-password-file", &o.FromOptions, "file holding the source's SQL password (default $"+open.PasswordEnv+")")
 	passwordFileFlag(f, "to-password-file", &o.ToOptions, "file holding the target's SQL password (default $"+open.PasswordEnv+")")
 	return cmd
+}
+
+// safetyDir is where migrate --force keeps its safety backups by default:
+// $XDG_STATE_HOME/vcsnap/safety, else ~/.local/state/vcsnap/safety.
+func safetyDir() (string, error) {
+	base := os.Getenv("XDG_STATE_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("no place for the default safety backup (%v)", err)
+		}
+		base = filepath.Join(home, ".local", "state")
+	}
+	return filepath.Join(base, "vcsnap", "safety"), nil
 }
 
 // addDatastorePasswordFlag adds --datastore-password-file to a command with a datastore.

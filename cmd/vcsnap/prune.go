@@ -14,14 +14,25 @@ import (
 
 func (a *app) pruneCommand() *cobra.Command {
 	var o snapshot.PruneOptions
-	var within string
+	var within, safetyWithin string
 	cmd := &cobra.Command{
 		Use:   "prune STORE_PREFIX",
 		Short: "Delete old snapshots by retention rules (never the newest verified one)",
 		Long: `prune keeps a snapshot when any --keep-* rule keeps it (like restic forget) and deletes the
 rest. The newest snapshot that passes a full verification is always kept. Damaged bundles are
-reported and left alone. Abandoned uploads (.part files, incomplete S3 multipart uploads) older
-than --incomplete-grace are removed.`,
+reported and left alone.
+
+STORE_PREFIX is a folder (s3://backups/vc1 means s3://backups/vc1/, never vc10): prune acts on the
+bundles in it and in the folders below it, and prints the folder. While any object there cannot
+be read (permission, access denied, network), it decides nothing and exits 9.
+
+Safety backups (a target's keys that restore --force or migrate --force saved before replacing
+them) are no snapshots: they never count for --keep-* and never as the newest verified. They are
+kept unless --keep-safety-last or --keep-safety-within say otherwise.
+
+Abandoned uploads older than --incomplete-grace are removed: vcsnap's own temporary files
+(<name>.vcsnap-<digits>.part; other programs' .part files are left alone) and S3 multipart uploads
+never completed under the folder.`,
 		Example: `  vcsnap snapshot prune s3://backups/vc1/ --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 6
   vcsnap snapshot prune file:///backups/vc1/ --keep-within 14d --dry-run`,
 		Args: exactArgs("STORE_PREFIX"),
@@ -32,6 +43,13 @@ than --incomplete-grace are removed.`,
 					return usageError{fmt.Errorf("--keep-within: %w", err)}
 				}
 				o.Policy.Within = d
+			}
+			if safetyWithin != "" {
+				d, err := parseDays(safetyWithin)
+				if err != nil {
+					return usageError{fmt.Errorf("--keep-safety-within: %w", err)}
+				}
+				o.SafetyPolicy.Within = d
 			}
 			if o.Policy.Empty() {
 				return usageError{fmt.Errorf("give at least one --keep-* rule")}
@@ -45,9 +63,11 @@ than --incomplete-grace are removed.`,
 				if res.DryRun {
 					verb = "would delete"
 				}
+				fmt.Fprintf(a.stdout, "Folder %s\n", res.Folder)
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "BUNDLE\tCREATED\tDECISION\tWHY")
-				for _, d := range append(res.Bundles, res.Incomplete...) {
+				all := append(append(append([]snapshot.PruneDecision{}, res.Bundles...), res.SafetyBackups...), res.Incomplete...)
+				for _, d := range all {
 					what := verb
 					if d.Keep {
 						what = "keep"
@@ -65,6 +85,8 @@ than --incomplete-grace are removed.`,
 	f.IntVar(&o.Policy.Weekly, "keep-weekly", 0, "keep the newest snapshot of each of the last N ISO weeks that have one")
 	f.IntVar(&o.Policy.Monthly, "keep-monthly", 0, "keep the newest snapshot of each of the last N months that have one")
 	f.StringVar(&within, "keep-within", "", "keep every snapshot this close to the newest one (e.g. 36h, 14d)")
+	f.IntVar(&o.SafetyPolicy.Last, "keep-safety-last", 0, "keep the newest N safety backups (default: keep every safety backup)")
+	f.StringVar(&safetyWithin, "keep-safety-within", "", "keep safety backups this close to the newest one (e.g. 14d; default: keep every safety backup)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the decisions, delete nothing")
 	f.StringVar(&o.VClusterName, "vcluster-name", "", "only bundles recorded for this virtual cluster")
 	f.StringVar(&o.VClusterNamespace, "vcluster-namespace", "", "only bundles recorded for this virtual cluster namespace")

@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/schema"
 
 	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/internal/shell"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
@@ -280,9 +281,6 @@ func (t *Target) Commit(ctx context.Context) (int64, error) {
 	}
 	_ = os.RemoveAll(t.work)
 	t.work = ""
-	if t.Kept != "" {
-		slog.Info("the previous etcd data directory is kept for rollback", "dir", t.Kept, "rollback", RollbackCommand(t.cfg.Dir, t.Stamp))
-	}
 	slog.Info("wrote etcd data directory", "dir", t.cfg.Dir, "member", t.cfg.Name, "peerURL", t.cfg.PeerURL, "keys", t.keys, "revision", final)
 	return final, nil
 }
@@ -319,8 +317,20 @@ func (t *Target) swap(data string) error {
 
 // RollbackCommand is the shell command that brings back the directory a restore replaced.
 func RollbackCommand(dir, stamp string) string {
-	return fmt.Sprintf("rm -rf %q && mv %q %q", dir, dir+".vcsnap-old-"+stamp, dir)
+	return "rm -rf " + shell.Quote(dir) + " && mv " + shell.Join(dir+".vcsnap-old-"+stamp, dir)
 }
+
+// Rollback returns the kept previous directory and the command that puts it back
+// (datastore.Rollbacker).
+func (t *Target) Rollback() ([]string, string) {
+	if t.Kept == "" {
+		return nil, ""
+	}
+	return []string{t.Kept}, RollbackCommand(t.cfg.Dir, t.Stamp)
+}
+
+// KeepsPreviousOnAbort: Abort drops the staged directory; the target was never touched.
+func (t *Target) KeepsPreviousOnAbort() {}
 
 // Abort removes the work directory; the target was not touched.
 func (t *Target) Abort(ctx context.Context) error {

@@ -4,15 +4,18 @@ package etcdv3
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -114,6 +117,9 @@ func tlsConfig(q url.Values) (*tls.Config, error) {
 // dial connects and checks the endpoint answers, so a wrong address fails fast and clearly.
 // It also tells kine from etcd: kine reports no member ID.
 func dial(ctx context.Context, c Config) (cli *clientv3.Client, kine bool, err error) {
+	if err := probe(ctx, c.Endpoints); err != nil {
+		return nil, false, err
+	}
 	if c.TLS != nil {
 		if err := checkServerCertificate(ctx, c.Endpoints, c.TLS); err != nil {
 			return nil, false, err
@@ -141,6 +147,45 @@ func dial(ctx context.Context, c Config) (cli *clientv3.Client, kine bool, err e
 		return nil, false, fmt.Errorf("%w: %s does not answer: %v", datastore.ErrUnavailable, c.Endpoints[0], err)
 	}
 	return cli, st.Header.GetMemberId() == 0, nil
+}
+
+// probe fails at once when no endpoint accepts a connection because none listens there
+// (connection refused, no socket file): gRPC would retry that for its whole dial timeout
+// and then report only a timeout. Anything else (a slow network, a firewall dropping
+// packets) is left to gRPC's retries.
+func probe(ctx context.Context, endpoints []string) error {
+	var refused []string
+	for _, ep := range endpoints {
+		network, addr := "tcp", ep
+		if rest, ok := strings.CutPrefix(ep, "unix://"); ok {
+			network, addr = "unix", rest
+		} else if u, err := url.Parse(ep); err == nil && u.Host != "" {
+			addr = u.Host
+		}
+		d := net.Dialer{Timeout: 3 * time.Second}
+		conn, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		refused = append(refused, fmt.Sprintf("%s (%v)", addr, unwrapAll(err)))
+	}
+	return fmt.Errorf("%w: nothing accepts connections at %s: is the datastore running, and are the address and port right?",
+		datastore.ErrUnavailable, strings.Join(refused, ", "))
+}
+
+// unwrapAll returns the innermost error, such as "connection refused".
+func unwrapAll(err error) error {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err
+		}
+		err = next
+	}
 }
 
 // prefixRange returns the key range for a prefix: every key when empty.
@@ -183,4 +228,42 @@ func checkServerCertificate(ctx context.Context, endpoints []string, tc *tls.Con
 		}
 	}
 	return nil
+}
+
+// Identity names the etcd (or kine) an endpoint reaches, whatever the URL's spelling:
+// etcd by its cluster ID (every member serves the same keys); kine, which reports neither, by its unix socket's
+// device and inode, or else by its revision and a digest of its first keys (two spellings
+// of one kine read at once agree on both; two kines agree on both only by coincidence).
+func Identity(ctx context.Context, c Config) (datastore.Identity, error) {
+	cli, kine, err := dial(ctx, c)
+	if err != nil {
+		return datastore.Identity{}, err
+	}
+	defer cli.Close()
+	if !kine {
+		resp, err := cli.MemberList(ctx)
+		if err != nil {
+			return datastore.Identity{}, fmt.Errorf("%w: list members: %v", datastore.ErrUnavailable, err)
+		}
+		id := fmt.Sprintf("etcd:%x", resp.Header.GetClusterId())
+		return datastore.Identity{ID: id, Prefix: c.Prefix, Describe: fmt.Sprintf("etcd cluster %x", resp.Header.GetClusterId())}, nil
+	}
+	if len(c.Endpoints) == 1 && strings.HasPrefix(c.Endpoints[0], "unix://") {
+		p := strings.TrimPrefix(strings.TrimPrefix(c.Endpoints[0], "unix://"), "localhost")
+		if fi, err := os.Stat(p); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				return datastore.Identity{ID: fmt.Sprintf("kine-socket:%d:%d", st.Dev, st.Ino), Prefix: c.Prefix, Describe: "kine at " + p}, nil
+			}
+		}
+	}
+	resp, err := cli.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithLimit(100), clientv3.WithKeysOnly())
+	if err != nil {
+		return datastore.Identity{}, fmt.Errorf("%w: read keys: %v", datastore.ErrUnavailable, err)
+	}
+	h := sha256.New()
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(h, "%s\x00%d\x00%d\n", kv.Key, kv.CreateRevision, kv.ModRevision)
+	}
+	return datastore.Identity{ID: fmt.Sprintf("kine:%d:%x", resp.Header.Revision, h.Sum(nil)), Prefix: c.Prefix,
+		Describe: fmt.Sprintf("kine at revision %d", resp.Header.Revision)}, nil
 }

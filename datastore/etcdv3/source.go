@@ -19,6 +19,9 @@ type Source struct {
 	cli    *clientv3.Client
 	kine   bool
 	prefix string
+	// asked is the prefix the URL limited the read to ("" for every key), recorded in
+	// the bundle so a restore replaces only keys under it.
+	asked string
 }
 
 // OpenSource connects to the endpoint. On kine the default prefix is "/" because kine
@@ -28,7 +31,7 @@ func OpenSource(ctx context.Context, c Config) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Source{cli: cli, kine: kine, prefix: c.Prefix}
+	s := &Source{cli: cli, kine: kine, prefix: c.Prefix, asked: c.Prefix}
 	if kine && s.prefix == "" {
 		s.prefix = "/"
 	}
@@ -43,6 +46,9 @@ func (s *Source) Kind() string {
 }
 
 func (s *Source) Close() error { return s.cli.Close() }
+
+// Prefix is the key prefix the URL limited the read to; empty means every key.
+func (s *Source) Prefix() string { return s.asked }
 
 func (s *Source) Count(ctx context.Context) (int64, error) {
 	start, end := prefixRange(s.prefix)

@@ -256,6 +256,9 @@ func (t *ServerTarget) Abort(ctx context.Context) error {
 	return err
 }
 
+// KeepsPreviousOnAbort: the whole restore is one transaction, rolled back by Abort.
+func (t *ServerTarget) KeepsPreviousOnAbort() {}
+
 // connectionLost reports whether err means the link to the server is gone.
 func connectionLost(err error) bool {
 	var ne net.Error

@@ -9,11 +9,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/internal/shell"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
@@ -210,10 +210,6 @@ func (t *SQLiteTarget) Commit(ctx context.Context) (int64, error) {
 	if err := t.swap(); err != nil {
 		return 0, err
 	}
-	if len(t.Kept) > 0 {
-		slog.Info("the previous database is kept for rollback", "files", strings.Join(t.Kept, ", "),
-			"rollback", RollbackCommand(t.cfg.Path, t.Stamp))
-	}
 	slog.Info("wrote kine database", "path", t.cfg.Path, "keys", t.w.rows, "revision", final)
 	return final, nil
 }
@@ -269,9 +265,22 @@ func (t *SQLiteTarget) swap() error {
 
 // RollbackCommand is the shell command that brings back the database a restore replaced.
 func RollbackCommand(path, stamp string) string {
-	return fmt.Sprintf(`cd %q && rm -f %[2]s-wal %[2]s-shm && for f in %[2]s %[2]s-wal %[2]s-shm; do [ -e "$f.vcsnap-old-%[3]s" ] && mv "$f.vcsnap-old-%[3]s" "$f"; done; true`,
-		filepath.Dir(path), filepath.Base(path), stamp)
+	b := shell.Quote(filepath.Base(path))
+	return fmt.Sprintf(`cd %s && rm -f %[2]s-wal %[2]s-shm && for f in %[2]s %[2]s-wal %[2]s-shm; do [ -e "$f.vcsnap-old-%[3]s" ] && mv "$f.vcsnap-old-%[3]s" "$f"; done; true`,
+		shell.Quote(filepath.Dir(path)), b, stamp)
 }
+
+// Rollback returns the kept previous files and the command that puts them back
+// (datastore.Rollbacker).
+func (t *SQLiteTarget) Rollback() ([]string, string) {
+	if len(t.Kept) == 0 {
+		return nil, ""
+	}
+	return t.Kept, RollbackCommand(t.cfg.Path, t.Stamp)
+}
+
+// KeepsPreviousOnAbort: Abort drops the staged file; the target was never touched.
+func (t *SQLiteTarget) KeepsPreviousOnAbort() {}
 
 // matchOwner gives the new file the previous file's (or the directory's) owner and mode,
 // so kine running as another user can open it. Best effort.

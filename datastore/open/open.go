@@ -61,13 +61,13 @@ func ReadPasswordFile(path string) (string, error) {
 func Source(ctx context.Context, raw string, o Options) (datastore.Source, error) {
 	scheme, err := schemeOf(raw)
 	if err != nil {
-		return nil, err
+		return nil, datastore.BadURL(err)
 	}
 	switch scheme {
 	case "etcd", "etcds", "unix":
 		c, err := etcdv3.ParseURL(raw)
 		if err != nil {
-			return nil, err
+			return nil, datastore.BadURL(err)
 		}
 		return etcdv3.OpenSource(ctx, c)
 	case "sqlite", "mysql", "postgres", "postgresql":
@@ -79,24 +79,24 @@ func Source(ctx context.Context, raw string, o Options) (datastore.Source, error
 	case "etcd-dir":
 		c, err := etcddir.ParseURL(raw)
 		if err != nil {
-			return nil, err
+			return nil, datastore.BadURL(err)
 		}
 		return etcddir.OpenSource(ctx, c)
 	}
-	return nil, unsupported(scheme)
+	return nil, datastore.BadURL(unsupported(scheme))
 }
 
 // Target opens a datastore to restore into.
 func Target(ctx context.Context, raw string, o Options) (datastore.Target, error) {
 	scheme, err := schemeOf(raw)
 	if err != nil {
-		return nil, err
+		return nil, datastore.BadURL(err)
 	}
 	switch scheme {
 	case "etcd", "etcds", "unix":
 		c, err := etcdv3.ParseURL(raw)
 		if err != nil {
-			return nil, err
+			return nil, datastore.BadURL(err)
 		}
 		return etcdv3.OpenTarget(ctx, c, etcdv3.TargetOptions{MaxRevisionWrites: o.MaxRevisionWrites})
 	case "sqlite":
@@ -114,11 +114,41 @@ func Target(ctx context.Context, raw string, o Options) (datastore.Target, error
 	case "etcd-dir":
 		c, err := etcddir.ParseURL(raw)
 		if err != nil {
-			return nil, err
+			return nil, datastore.BadURL(err)
 		}
 		return etcddir.OpenTarget(ctx, c)
 	}
-	return nil, unsupported(scheme)
+	return nil, datastore.BadURL(unsupported(scheme))
+}
+
+// Identity names the datastore a URL reaches independently of its spelling, so that two
+// URLs of one datastore are recognised as one (see datastore.Identity).
+func Identity(ctx context.Context, raw string, o Options) (datastore.Identity, error) {
+	scheme, err := schemeOf(raw)
+	if err != nil {
+		return datastore.Identity{}, datastore.BadURL(err)
+	}
+	switch scheme {
+	case "etcd", "etcds", "unix":
+		c, err := etcdv3.ParseURL(raw)
+		if err != nil {
+			return datastore.Identity{}, datastore.BadURL(err)
+		}
+		return etcdv3.Identity(ctx, c)
+	case "sqlite", "mysql", "postgres", "postgresql":
+		c, err := kinesql.ParseURL(raw, o.password())
+		if err != nil {
+			return datastore.Identity{}, err
+		}
+		return kinesql.Identity(ctx, c)
+	case "etcd-dir":
+		c, err := etcddir.ParseURL(raw)
+		if err != nil {
+			return datastore.Identity{}, datastore.BadURL(err)
+		}
+		return datastore.FileIdentity("etcd-dir", c.Dir)
+	}
+	return datastore.Identity{}, datastore.BadURL(unsupported(scheme))
 }
 
 const schemes = "etcd://host:port, etcds://host:port?cacert=..., unix:///path/kine.sock, sqlite:///path/state.db, mysql://user@tcp(host:3306)/db, postgres://user@host:5432/db?sslmode=..., or etcd-dir:///path/etcd"

@@ -18,6 +18,7 @@ package bundle
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -92,6 +93,20 @@ type Header struct {
 type Encryption struct {
 	Scheme     string `json:"scheme"`
 	Recipients int    `json:"recipients"`
+	// Passphrase: the one recipient is a passphrase (age scrypt), not a public key.
+	Passphrase bool `json:"passphrase,omitempty"`
+}
+
+// String says how a bundle is encrypted, for people: never which keys.
+func (e *Encryption) String() string {
+	switch {
+	case e == nil:
+		return "no"
+	case e.Passphrase:
+		return e.Scheme + ", passphrase"
+	default:
+		return fmt.Sprintf("%s, %d recipient(s)", e.Scheme, e.Recipients)
+	}
 }
 
 // Source describes where a bundle's data came from. It holds nothing secret: no
@@ -102,6 +117,9 @@ type Source struct {
 	VClusterNamespace string `json:"vclusterNamespace,omitempty"`
 	KubernetesVersion string `json:"kubernetesVersion,omitempty"`
 	VClusterVersion   string `json:"vclusterVersion,omitempty"`
+	// Prefix is the key prefix the read was limited to (an etcd URL's ?prefix=); empty
+	// means every key. A restore with --force replaces only keys under it.
+	Prefix string `json:"prefix,omitempty"`
 	// Host facts a restore onto another host translates against.
 	HostServiceCIDR string `json:"hostServiceCIDR,omitempty"`
 	ServiceCIDR     string `json:"serviceCIDR,omitempty"` // the virtual cluster's own
@@ -131,10 +149,28 @@ type Manifest struct {
 	Partial    bool        `json:"partial,omitempty"`
 	Encryption *Encryption `json:"encryption,omitempty"`
 	Tool       string      `json:"tool"`
+	// Purpose tells a snapshot of the source (empty) from a bundle vcsnap wrote for its
+	// own safety, such as a target's keys saved before a forced restore replaced them
+	// (PurposeSafety): those never count as a snapshot of anything, for prune, list,
+	// chains or a point-in-time restore.
+	Purpose string `json:"purpose,omitempty"`
 	// Volumes are the CSI volume snapshots taken with the datastore. They sit in the clear
 	// manifest (handles, names and sizes are not secret) so that copying a bundle to
 	// another region can rewrite the handles without the decryption key.
 	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// PurposeSafety marks a safety backup: a datastore's keys saved before vcsnap replaced
+// them (restore --force, migrate --force).
+const PurposeSafety = "safety-backup"
+
+// legacySafetyTool is how releases before Purpose marked their safety backups.
+const legacySafetyTool = "(safety backup)"
+
+// IsSafetyBackup reports whether the bundle is a safety backup rather than a snapshot,
+// including those written before the manifest recorded a purpose.
+func (m *Manifest) IsSafetyBackup() bool {
+	return m.Purpose == PurposeSafety || strings.HasSuffix(m.Tool, legacySafetyTool)
 }
 
 // SameBundle reports whether o describes the same bundle as m as far as reading it goes

@@ -60,13 +60,13 @@ type bodyFacts struct {
 	deletes, keyBytes, valueBytes, bodyBy int64
 	partial                               bool
 	encryption                            Encryption
-	tool                                  string
+	tool, purpose                         string
 }
 
 func factsOf(m *Manifest) bodyFacts {
 	f := bodyFacts{format: m.Format, kind: m.Kind, created: m.Created.UnixNano(), completed: m.Completed.UnixNano(),
 		revision: m.Revision, baseRevision: m.BaseRevision, keys: m.Keys, leases: m.Leases, deletes: m.Deletes,
-		keyBytes: m.KeyBytes, valueBytes: m.ValueBytes, bodyBy: m.BodyBytes, partial: m.Partial, tool: m.Tool}
+		keyBytes: m.KeyBytes, valueBytes: m.ValueBytes, bodyBy: m.BodyBytes, partial: m.Partial, tool: m.Tool, purpose: m.Purpose}
 	if m.Encryption != nil {
 		f.encryption = *m.Encryption
 	}

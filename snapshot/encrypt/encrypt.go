@@ -18,6 +18,14 @@ import (
 // Scheme names age encryption in bundle headers and manifests.
 const Scheme = "age"
 
+// ErrKeyArgument means a key, recipient or key file given by the caller is unusable: it
+// does not exist, is empty, does not parse, or two ways of encrypting were combined.
+var ErrKeyArgument = errors.New("unusable encryption key argument")
+
+func keyArgf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrKeyArgument, fmt.Sprintf(format, args...))
+}
+
 // Recipients say who can decrypt a new bundle: X25519 public keys ("age1..."), or one
 // passphrase. age allows a passphrase only as the sole recipient.
 type Recipients struct {
@@ -38,20 +46,23 @@ func (r Recipients) Writer() (func(io.Writer) (io.WriteCloser, error), *bundle.E
 	if r.KeysFile != "" {
 		lines, err := readLines(r.KeysFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("recipients file: %w", err)
+			return nil, nil, keyArgf("recipients file: %v", err)
 		}
 		keys = append(keys, lines...)
 	}
 	for _, k := range keys {
 		rc, err := age.ParseX25519Recipient(k)
 		if err != nil {
-			return nil, nil, fmt.Errorf("recipient %q is not an age X25519 public key (age1...): %w", short(k), err)
+			if strings.HasPrefix(k, "AGE-SECRET-KEY-") {
+				return nil, nil, keyArgf("recipient %q is a secret key: encrypt for its public key (age1..., printed by age-keygen -y)", short(k))
+			}
+			return nil, nil, keyArgf("recipient %q is not an age X25519 public key (age1...): %v", short(k), err)
 		}
 		recips = append(recips, rc)
 	}
 	if r.PassphraseFile != "" {
 		if len(recips) > 0 {
-			return nil, nil, errors.New("encrypt either to recipients or with a passphrase, not both (age allows a passphrase only alone)")
+			return nil, nil, keyArgf("encrypt either to recipients or with a passphrase, not both (age allows a passphrase only alone)")
 		}
 		pass, err := readPassphrase(r.PassphraseFile)
 		if err != nil {
@@ -64,10 +75,10 @@ func (r Recipients) Writer() (func(io.Writer) (io.WriteCloser, error), *bundle.E
 		recips = append(recips, sr)
 	}
 	if len(recips) == 0 {
-		return nil, nil, errors.New("no recipients given")
+		return nil, nil, keyArgf("no recipients given")
 	}
 	enc := func(w io.Writer) (io.WriteCloser, error) { return age.Encrypt(w, recips...) }
-	return enc, &bundle.Encryption{Scheme: Scheme, Recipients: len(recips)}, nil
+	return enc, &bundle.Encryption{Scheme: Scheme, Recipients: len(recips), Passphrase: r.PassphraseFile != ""}, nil
 }
 
 // Keys are what can open an encrypted bundle: age identity files (as written by
@@ -82,14 +93,9 @@ type Keys struct {
 func (k Keys) Decrypter() (func(io.Reader, *bundle.Encryption) (io.Reader, error), error) {
 	var ids []age.Identity
 	for _, f := range k.IdentityFiles {
-		fh, err := os.Open(f)
+		parsed, err := readIdentities(f)
 		if err != nil {
-			return nil, fmt.Errorf("identity file: %w", err)
-		}
-		parsed, err := age.ParseIdentities(fh)
-		fh.Close()
-		if err != nil {
-			return nil, fmt.Errorf("identity file %s: %w", f, err)
+			return nil, err
 		}
 		ids = append(ids, parsed...)
 	}
@@ -128,15 +134,34 @@ func (k Keys) Decrypter() (func(io.Reader, *bundle.Encryption) (io.Reader, error
 	}, nil
 }
 
+// readIdentities parses an age identity file. One that holds only public keys is the
+// most common mix-up: it opens nothing, so say which file is wanted instead.
+func readIdentities(path string) ([]age.Identity, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, keyArgf("identity file: %v", err)
+	}
+	text := string(b)
+	if !strings.Contains(text, "AGE-SECRET-KEY-") && strings.Contains(text, "age1") {
+		return nil, fmt.Errorf("%w: identity file %s holds a public key (age1...), which opens nothing; pass the file with the AGE-SECRET-KEY-1... line (the one age-keygen wrote)",
+			bundle.ErrDecrypt, path)
+	}
+	ids, err := age.ParseIdentities(strings.NewReader(text))
+	if err != nil {
+		return nil, keyArgf("identity file %s: %v", path, err)
+	}
+	return ids, nil
+}
+
 func readPassphrase(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("passphrase file: %w", err)
+		return "", keyArgf("passphrase file: %v", err)
 	}
 	pass, _, _ := strings.Cut(string(b), "\n")
 	pass = strings.TrimRight(pass, "\r")
 	if pass == "" {
-		return "", fmt.Errorf("passphrase file %s is empty", path)
+		return "", keyArgf("passphrase file %s is empty", path)
 	}
 	return pass, nil
 }
@@ -172,14 +197,9 @@ func short(s string) string {
 func (k Keys) Recipients() (Recipients, error) {
 	var r Recipients
 	for _, f := range k.IdentityFiles {
-		fh, err := os.Open(f)
+		ids, err := readIdentities(f)
 		if err != nil {
-			return r, fmt.Errorf("identity file: %w", err)
-		}
-		ids, err := age.ParseIdentities(fh)
-		fh.Close()
-		if err != nil {
-			return r, fmt.Errorf("identity file %s: %w", f, err)
+			return r, err
 		}
 		for _, id := range ids {
 			if x, ok := id.(*age.X25519Identity); ok {
