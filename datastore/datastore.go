@@ -74,7 +74,21 @@ type PrepareOptions struct {
 	// revision ends, so clients that saw revisions after the snapshot was taken still
 	// see the store move forward.
 	BumpRevision int64
+	// Prefix, when set, says every key restored lies under it (the snapshot read only
+	// those): Force then replaces only the target's keys under it. Targets that cannot
+	// limit a replace to a prefix (PrefixScoped not implemented) refuse Force into a
+	// non-empty target.
+	Prefix string
 }
+
+// PrefixScoped is implemented by targets that honour PrepareOptions.Prefix.
+type PrefixScoped interface {
+	ReplacesOnlyPrefix()
+}
+
+// ErrPrefixReplace means a forced restore of a prefix-limited snapshot would replace
+// every key of a target that cannot limit the replace to that prefix.
+var ErrPrefixReplace = errors.New("the snapshot holds only keys under a prefix, and this target cannot replace only those")
 
 // TargetState describes a target before the restore.
 type TargetState struct {

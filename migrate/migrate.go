@@ -23,6 +23,7 @@ import (
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/etcdv3"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -69,7 +70,7 @@ type Result struct {
 	PreviousKeys     int64         `json:"previousKeys"`
 	SafetyBackup     string        `json:"safetyBackup,omitempty"`
 	Revision         int64         `json:"revision"`
-	Duration         time.Duration `json:"duration"`
+	Duration         units.Seconds `json:"durationSeconds"`
 	// Kept and RollbackCommand: what a SQLite or etcd-dir target kept of the data it
 	// replaced, and the shell command that puts it back.
 	Kept            []string `json:"kept,omitempty"`
@@ -105,7 +106,7 @@ func Migrate(ctx context.Context, o Options) (*Result, error) {
 	for attempt := 1; ; attempt++ {
 		res, err := migrateOnce(ctx, src, o)
 		if err == nil {
-			res.Duration = time.Since(start)
+			res.Duration = units.Since(start)
 			return res, nil
 		}
 		if !errors.Is(err, datastore.ErrCompacted) || attempt >= attempts || ctx.Err() != nil {
@@ -133,8 +134,15 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 	}
 	defer tg.Close()
 	res.ToKind = tg.Kind()
-	state, err := tg.Prepare(ctx, datastore.PrepareOptions{Force: o.Force, SnapshotRevision: rev0, Keys: keys, BumpRevision: o.BumpRevision})
+	po := datastore.PrepareOptions{Force: o.Force, SnapshotRevision: rev0, Keys: keys, BumpRevision: o.BumpRevision}
+	if p, ok := src.(interface{ Prefix() string }); ok {
+		po.Prefix = p.Prefix()
+	}
+	state, err := tg.Prepare(ctx, po)
 	if err != nil {
+		return nil, err
+	}
+	if err := restore.CheckPrefixReplace(tg, po, state); err != nil {
 		return nil, err
 	}
 	res.PreviousRevision, res.PreviousKeys = state.Revision, state.Keys

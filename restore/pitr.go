@@ -8,6 +8,7 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
@@ -21,9 +22,13 @@ type PointResult struct {
 	// the last one before a gap.
 	Revision int64 `json:"revision"`
 	// Gap says what was missing when the restore stopped short of the point.
-	Gap     string   `json:"gap,omitempty"`
-	Skipped []string `json:"skipped,omitempty"`
-	Changes int64    `json:"changes"`
+	Gap string `json:"gap,omitempty"`
+	// Captured is when the last bundle used was taken; ShortBy, for a time asked for
+	// after it, is how long before that time the chain ends.
+	Captured       time.Time `json:"captured"`
+	ShortBySeconds float64   `json:"shortBySeconds,omitempty"`
+	Skipped        []string  `json:"skipped,omitempty"`
+	Changes        int64     `json:"changes"`
 }
 
 // restorePoint restores the state at o.To from the chains under the prefix o.Store:
@@ -37,7 +42,14 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("the target was not touched: %w", err)
 	}
 	plan := pit.Plan
-	pr := &PointResult{Asked: o.To.String(), Full: plan.Full.URL, Revision: plan.Revision, Skipped: pit.Skipped, Changes: pit.Changes.Records}
+	pr := &PointResult{Asked: o.To.String(), Full: plan.Full.URL, Revision: plan.Revision, Skipped: pit.Skipped, Changes: pit.Changes.Records,
+		Captured: plan.Captured}
+	if !o.To.Time.IsZero() && plan.Captured.Before(o.To.Time) && plan.Gap == nil {
+		short := o.To.Time.Sub(plan.Captured)
+		pr.ShortBySeconds = short.Seconds()
+		slog.Warn("the chain ends before the time asked for: restoring its last captured state", "asked", o.To.String(),
+			"captured", plan.Captured.Format(time.RFC3339), "shortBy", short.Round(time.Second))
+	}
 	for _, d := range plan.Deltas {
 		pr.Deltas = append(pr.Deltas, d.URL)
 	}
@@ -56,7 +68,7 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer target.Close()
-	res, err := write(ctx, o, target, plan.Revision, fm.Keys, func(t datastore.Target) error {
+	res, err := write(ctx, o, target, datastore.PrepareOptions{SnapshotRevision: plan.Revision, Keys: fm.Keys, Prefix: fm.Source.Prefix}, func(t datastore.Target) error {
 		em.t = t
 		n, err := snapshot.Fold(ctx, pit.Store, plan.Full, pit.Changes, snapshot.ReadOptions{Keys: o.Keys}, em)
 		keys = n
@@ -68,7 +80,7 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 	m := *fm
 	m.Kind, m.Revision, m.Keys, m.Leases, m.Deletes = bundle.KindFull, plan.Revision, keys, em.leases, 0
 	m.ValueBytes, m.BodyBytes = em.bytes, 0
-	res.URL, res.Manifest, res.Point, res.DroppedKeys, res.Duration = o.Store, &m, pr, em.dropped, time.Since(start)
+	res.URL, res.Manifest, res.Point, res.DroppedKeys, res.Duration = o.Store, &m, pr, em.dropped, units.Since(start)
 	return res, nil
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
@@ -69,7 +70,7 @@ type Result struct {
 	RollbackCommand string   `json:"rollbackCommand,omitempty"`
 	// DroppedKeys is how many of the bundle's keys Transform left out.
 	DroppedKeys int64         `json:"droppedKeys,omitempty"`
-	Duration    time.Duration `json:"duration"`
+	Duration    units.Seconds `json:"durationSeconds"`
 	// Point describes a point-in-time restore.
 	Point *PointResult `json:"point,omitempty"`
 }
@@ -151,15 +152,25 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 		}
 		return err
 	}
-	res, err := write(ctx, o, target, m.Revision, m.Keys, feed)
+	res, err := write(ctx, o, target, datastore.PrepareOptions{SnapshotRevision: m.Revision, Keys: m.Keys, Prefix: m.Source.Prefix}, feed)
 	if err != nil {
 		return nil, err
 	}
 	if o.Progress != nil {
 		o.Progress(snapshot.Progress{Phase: "restore", Keys: keys, TotalKeys: m.Keys, Bytes: bytes})
 	}
-	res.URL, res.Manifest, res.DroppedKeys, res.Duration = loc.Store.URL(loc.Name), m, dropped, time.Since(start)
+	res.URL, res.Manifest, res.DroppedKeys, res.Duration = loc.Store.URL(loc.Name), m, dropped, units.Since(start)
 	return res, nil
+}
+
+// CheckPrefixReplace refuses, before anything is written, a forced restore of a snapshot
+// limited to a prefix into a non-empty target that would replace all of its keys.
+func CheckPrefixReplace(t datastore.Target, po datastore.PrepareOptions, state datastore.TargetState) error {
+	if _, ok := t.(datastore.PrefixScoped); ok || po.Prefix == "" || !po.Force || state.Keys == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: it holds only keys under %q, and replacing the keys of this %s target would delete its %d keys outside it too; restore into an empty target, or into an etcd URL with ?prefix=%s; nothing was changed",
+		datastore.ErrPrefixReplace, po.Prefix, t.Kind(), state.Keys, po.Prefix)
 }
 
 // transform applies o.Transform, if any: keep reports whether the key is written.
@@ -173,13 +184,16 @@ func transform(o Options, kv *bundle.KeyValue) (keep bool, err error) {
 // write opens the target, refuses it before writing when it must (non-empty without
 // Force, too large a revision gap), saves its keys with Force, then lets feed write the
 // keys and commits; any failure after writing began is undone by the Guard.
-func write(ctx context.Context, o Options, target datastore.Target, snapRev, snapKeys int64, feed func(datastore.Target) error) (*Result, error) {
-	bump := o.BumpRevision
-	if bump == 0 {
-		bump = DefaultBumpRevision
+func write(ctx context.Context, o Options, target datastore.Target, po datastore.PrepareOptions, feed func(datastore.Target) error) (*Result, error) {
+	po.Force, po.BumpRevision = o.Force, o.BumpRevision
+	if po.BumpRevision == 0 {
+		po.BumpRevision = DefaultBumpRevision
 	}
-	state, err := target.Prepare(ctx, datastore.PrepareOptions{Force: o.Force, SnapshotRevision: snapRev, Keys: snapKeys, BumpRevision: bump})
+	state, err := target.Prepare(ctx, po)
 	if err != nil {
+		return nil, err
+	}
+	if err := CheckPrefixReplace(target, po, state); err != nil {
 		return nil, err
 	}
 	guard := &Guard{Op: "restore", Datastore: o.Datastore, Options: o.DatastoreOptions, Keys: o.Keys,

@@ -225,6 +225,9 @@ type Plan struct {
 	Revision int64    `json:"revision"`
 	// Gap is set when the plan stops short of the point asked for (up to last good).
 	Gap *Gap `json:"gap,omitempty"`
+	// Captured is when the plan's last bundle was taken: for a time asked for after it,
+	// the state restored is the one at this time.
+	Captured time.Time `json:"captured"`
 }
 
 // Bundles returns the full bundle and the deltas, in order.
@@ -284,7 +287,7 @@ func PlanRestore(entries []*Entry, p Point, upToLastGood bool) (*Plan, error) {
 		if n := len(deltas); n > 0 {
 			end = deltas[n-1].Manifest.Revision
 		}
-		plan := &Plan{Full: c.f, Deltas: deltas, Revision: end}
+		plan := &Plan{Full: c.f, Deltas: deltas, Revision: end, Captured: lastTime(c.f, deltas)}
 		if p.Revision > 0 {
 			plan.Revision = min(end, p.Revision)
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
@@ -29,7 +30,7 @@ type CompactResult struct {
 	Chain    string           `json:"chain"`
 	Folded   int              `json:"foldedDeltas"`
 	Manifest *bundle.Manifest `json:"manifest"`
-	Duration time.Duration    `json:"duration"`
+	Duration units.Seconds    `json:"durationSeconds"`
 }
 
 // ErrNothingToCompact means the newest chain has no deltas after its full bundle.
@@ -110,7 +111,7 @@ func Compact(ctx context.Context, prefixURL string, o CompactOptions) (*CompactR
 	}
 	slog.Info("folded a chain into a new full bundle", "bundle", loc.Store.URL(name), "chain", fm.Chain,
 		"revision", m.Revision, "deltas", len(pit.Plan.Deltas))
-	return &CompactResult{URL: loc.Store.URL(name), Chain: fm.Chain, Folded: len(pit.Plan.Deltas), Manifest: m, Duration: time.Since(start)}, nil
+	return &CompactResult{URL: loc.Store.URL(name), Chain: fm.Chain, Folded: len(pit.Plan.Deltas), Manifest: m, Duration: units.Since(start)}, nil
 }
 
 type writerEmitter struct{ w *bundle.Writer }

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/storage"
 )
@@ -19,7 +20,7 @@ type CopyResult struct {
 	To       string           `json:"to"`
 	Manifest *bundle.Manifest `json:"manifest"`
 	Bytes    int64            `json:"bytes"`
-	Duration time.Duration    `json:"duration"`
+	Duration units.Seconds    `json:"durationSeconds"`
 	// ServerSide is true when the store copied the bytes itself (same S3 endpoint).
 	ServerSide bool `json:"serverSide"`
 	// VolumesRewritten is true when the destination's manifest got new volume records.
@@ -132,7 +133,7 @@ func Copy(ctx context.Context, from, to string, o CopyOptions) (*CopyResult, err
 		derr := dst.Store.Delete(context.WithoutCancel(ctx), dst.Name)
 		return nil, fmt.Errorf("the copy at %s failed verification and was deleted (%v): %w", res.To, derr, err)
 	}
-	res.Manifest, res.Duration = m, time.Since(start)
+	res.Manifest, res.Duration = m, units.Since(start)
 	return res, nil
 }
 

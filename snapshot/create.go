@@ -11,6 +11,7 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
@@ -74,7 +75,7 @@ type CreateResult struct {
 	URL      string           `json:"url"`
 	Manifest *bundle.Manifest `json:"manifest"`
 	Size     int64            `json:"size"`
-	Duration time.Duration    `json:"duration"`
+	Duration units.Seconds    `json:"durationSeconds"`
 }
 
 // Create reads the datastore at one revision and streams it into a new bundle. The bundle
@@ -128,7 +129,10 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 			if err != nil {
 				return nil, fmt.Errorf("the upload finished but the bundle cannot be seen: %w", err)
 			}
-			return &CreateResult{URL: loc.Store.URL(loc.Name), Manifest: m, Size: info.Size, Duration: time.Since(start)}, nil
+			if m.Keys == 0 {
+				slog.Warn("the snapshot holds no keys: is this the right datastore (and prefix)?", "datastore", open.Redact(o.Datastore), "bundle", loc.Store.URL(loc.Name))
+			}
+			return &CreateResult{URL: loc.Store.URL(loc.Name), Manifest: m, Size: info.Size, Duration: units.Since(start)}, nil
 		}
 		lost := errors.Is(err, datastore.ErrConnectionLost)
 		if !(errors.Is(err, datastore.ErrCompacted) || lost) || attempt >= attempts || ctx.Err() != nil {

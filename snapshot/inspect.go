@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
@@ -162,8 +164,8 @@ func List(ctx context.Context, prefixURL string) ([]*Entry, error) {
 type VerifyResult struct {
 	URL      string           `json:"url"`
 	Manifest *bundle.Manifest `json:"manifest"`
-	Bytes    int64            `json:"bytes"`
-	Duration time.Duration    `json:"duration"`
+	Bytes    int64            `json:"size"`
+	Duration units.Seconds    `json:"durationSeconds"`
 }
 
 // ReadOptions apply to every full read of a bundle.
@@ -185,7 +187,7 @@ func Verify(ctx context.Context, url string, o ReadOptions) (*VerifyResult, erro
 	if err != nil {
 		return nil, err
 	}
-	return &VerifyResult{URL: loc.Store.URL(loc.Name), Manifest: m, Bytes: size, Duration: time.Since(start)}, nil
+	return &VerifyResult{URL: loc.Store.URL(loc.Name), Manifest: m, Bytes: size, Duration: units.Since(start)}, nil
 }
 
 // Tail reads a bundle's manifest from the end of the object, unverified: an incomplete
@@ -264,17 +266,48 @@ func Scan(ctx context.Context, loc storage.Location, o ReadOptions, fn func(*bun
 	return m, info.Size, nil
 }
 
-// Delete removes a bundle, refusing objects that are not vcsnap bundles.
-func Delete(ctx context.Context, url string) error {
+// ErrBreaksChain means deleting the bundle would cut a chain of snapshot watch: later
+// deltas would no longer restore.
+var ErrBreaksChain = errors.New("deleting this bundle would break a chain of snapshot watch")
+
+// DeleteOptions configure Delete.
+type DeleteOptions struct {
+	// BreakChain deletes a delta that later deltas of its chain continue, leaving a gap
+	// that no point-in-time restore can cross.
+	BreakChain bool
+}
+
+// Delete removes a bundle, refusing objects that are not vcsnap bundles, and a delta in
+// the middle of a chain unless BreakChain says so.
+func Delete(ctx context.Context, url string, o DeleteOptions) error {
 	loc, err := storage.Open(ctx, url)
 	if err != nil {
 		return err
 	}
-	if _, err := loc.Store.Stat(ctx, loc.Name); err != nil {
+	info, err := loc.Store.Stat(ctx, loc.Name)
+	if err != nil {
 		return err
 	}
 	if !isBundleHead(ctx, loc.Store, loc.Name) {
 		return fmt.Errorf("%s: %w; refusing to delete it", loc.Store.URL(loc.Name), bundle.ErrNotBundle)
+	}
+	if m, err := readTail(ctx, loc.Store, info); err == nil && m.Kind == bundle.KindDelta && m.Chain != "" && !o.BreakChain {
+		dir := loc.Name[:strings.LastIndex("/"+loc.Name, "/")]
+		objs, err := loc.Store.List(ctx, storage.Folder(dir))
+		if err != nil {
+			return err
+		}
+		later := 0
+		for _, obj := range objs {
+			e := describe(ctx, loc.Store, obj)
+			if e != nil && e.Manifest != nil && e.Manifest.Chain == m.Chain && e.Manifest.Kind == bundle.KindDelta && e.Manifest.BaseRevision >= m.Revision {
+				later++
+			}
+		}
+		if later > 0 {
+			return fmt.Errorf("%w: %s is a delta of chain %s and %d later delta(s) continue it; without it, no point after revision %d restores (delete the chain's newer bundles first, or allow the gap)",
+				ErrBreaksChain, loc.Store.URL(loc.Name), m.Chain, later, m.BaseRevision)
+		}
 	}
 	return loc.Store.Delete(ctx, loc.Name)
 }

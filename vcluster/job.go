@@ -1,6 +1,8 @@
 package vcluster
 
 import (
+	"github.com/vcsnap/vcsnap/internal/units"
+
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -211,7 +213,7 @@ type JobResult struct {
 	Succeeded bool          `json:"succeeded"`
 	ExitCode  int32         `json:"exitCode"`
 	Logs      string        `json:"-"`
-	Duration  time.Duration `json:"duration"`
+	Duration  units.Seconds `json:"durationSeconds"`
 }
 
 // LogTail is the last n lines of the engine's log.
@@ -316,7 +318,7 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 		stuck = ""
 		return false, nil
 	})
-	res.Duration = time.Since(start)
+	res.Duration = units.Since(start)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("stopped while the engine Job %s/%s ran (it is being deleted): %w", ns, created.Name, ctx.Err())
@@ -470,7 +472,7 @@ func FinishOrphans(ctx context.Context, cs kubernetes.Interface, vc *VCluster) (
 		if err != nil {
 			return out, fmt.Errorf("wait for the engine Job %s/%s: %w", vc.Namespace, j.Name, err)
 		}
-		res.Duration = time.Since(start)
+		res.Duration = units.Since(start)
 		readPodLog(ctx, cs, vc.Namespace, "job-name="+j.Name, &res)
 		ej := &EngineJob{Job: &j}
 		if _, err := cs.CoreV1().Secrets(vc.Namespace).Get(ctx, j.Name+"-env", metav1.GetOptions{}); err == nil {

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -337,7 +338,7 @@ func (a *app) createByName(ctx context.Context, b *byNameCreate, o snapshot.Crea
 		return fmt.Errorf("snapshot of %s/%s: %w", vc.Namespace, vc.Name, err)
 	}
 	committed = true
-	res.Duration = time.Since(start)
+	res.Duration = units.Since(start)
 	return a.emit(&res, func() {
 		m := res.Manifest
 		fmt.Fprintf(a.stdout, "Snapshot %s of virtual cluster %s/%s (%s) complete: %d keys, %d leases, %s of values in %s stored, revision %d, %s\n",
@@ -376,7 +377,7 @@ type RestoreByNameResult struct {
 	VCluster    string           `json:"vcluster"`
 	Datastore   string           `json:"datastore"`
 	Job         string           `json:"job"`
-	Duration    time.Duration    `json:"duration"`
+	Duration    units.Seconds    `json:"durationSeconds"`
 	// Volumes are the PVCs re-created from the bundle's volume snapshots.
 	Volumes []volumes.Restored `json:"volumes,omitempty"`
 }
@@ -553,7 +554,7 @@ func (a *app) restoreByName(ctx context.Context, b *byNameRestore, o restore.Opt
 	if _, q, ok := strings.Cut(store, "?"); ok && res.SafetyBackup != "" && !strings.Contains(res.SafetyBackup, "?") {
 		res.SafetyBackup += "?" + q // the store's options (endpoint, region) reach it too
 	}
-	out := &RestoreByNameResult{Restore: res, Translation: eng.Translation, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: time.Since(start), Volumes: restoredVols}
+	out := &RestoreByNameResult{Restore: res, Translation: eng.Translation, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind, Job: jr.Job, Duration: units.Since(start), Volumes: restoredVols}
 	return a.emit(out, func() {
 		fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s/%s (%s): %d keys, %d leases; revision now %d (snapshot %d, before %d); running again, %s\n",
 			res.URL, vc.Namespace, vc.Name, vc.Datastore.Kind, res.Manifest.Keys, res.Manifest.Leases, res.Revision, res.Manifest.Revision,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -378,6 +379,7 @@ func (a *app) verifyCommand() *cobra.Command {
 
 func (a *app) deleteCommand() *cobra.Command {
 	var dv deleteVolumeFlags
+	var do snapshot.DeleteOptions
 	cmd := &cobra.Command{
 		Use:   "delete URL",
 		Short: "Delete a bundle (with --include-volumes also its CSI volume snapshots)",
@@ -392,13 +394,17 @@ cluster (--kubeconfig, --context), and keeps the bundle if that fails.`,
 			if err := a.deleteBundleVolumes(cmd.Context(), &dv, args[0]); err != nil {
 				return err
 			}
-			if err := snapshot.Delete(cmd.Context(), args[0]); err != nil {
+			if err := snapshot.Delete(cmd.Context(), args[0], do); err != nil {
+				if errors.Is(err, snapshot.ErrBreaksChain) {
+					return fmt.Errorf("%w; --break-chain deletes it anyway", err)
+				}
 				return err
 			}
 			return a.emit(map[string]string{"deleted": args[0]}, func() { fmt.Fprintf(a.stdout, "Deleted %s\n", args[0]) })
 		},
 	}
 	dv.add(cmd.Flags())
+	cmd.Flags().BoolVar(&do.BreakChain, "break-chain", false, "delete a delta that later deltas of its chain continue (point-in-time restores past it then fail)")
 	return cmd
 }
 
@@ -532,6 +538,10 @@ With --datastore, stop the virtual control plane first.`,
 						p.Asked, p.Revision, p.Full, len(p.Deltas), p.Changes)
 					if p.Gap != "" {
 						fmt.Fprintf(a.stdout, "Stopped short of %s at the last good point, revision %d: %s\n", p.Asked, p.Revision, p.Gap)
+					}
+					if p.ShortBySeconds > 0 {
+						fmt.Fprintf(a.stdout, "The chain ends %s before %s: this is the state captured at %s, the newest there is\n",
+							(time.Duration(p.ShortBySeconds) * time.Second).Round(time.Second), p.Asked, p.Captured.Format(time.RFC3339))
 					}
 				}
 				if st := out.Translation; st != nil {

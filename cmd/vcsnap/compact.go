@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,6 +25,12 @@ recipient to encrypt the new bundle. Run it on a schedule (a CronJob) beside sna
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Tool = a.tool()
 			res, err := snapshot.Compact(cmd.Context(), args[0], o)
+			if errors.Is(err, snapshot.ErrNothingToCompact) {
+				// A quiet day: a scheduled compact succeeds with nothing to do.
+				return a.emit(map[string]any{"compacted": false, "reason": err.Error()}, func() {
+					fmt.Fprintf(a.stdout, "Nothing to compact: %v\n", err)
+				})
+			}
 			if err != nil {
 				return err
 			}

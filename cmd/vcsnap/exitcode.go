@@ -55,7 +55,7 @@ func exitCode(err error) int {
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, vcluster.ErrNotFound):
 		return exitNotFound
 	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap),
-		errors.Is(err, volumes.ErrPVCExists):
+		errors.Is(err, volumes.ErrPVCExists), errors.Is(err, datastore.ErrPrefixReplace), errors.Is(err, snapshot.ErrBreaksChain):
 		return exitRefused
 	case errors.Is(err, bundle.ErrEncrypted), errors.Is(err, bundle.ErrDecrypt):
 		return exitNoKey

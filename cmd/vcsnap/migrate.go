@@ -22,9 +22,12 @@ func (a *app) migrateCommand() *cobra.Command {
 		Use:   "migrate --from URL --to URL",
 		Short: "Convert a datastore into another kind (SQLite to embedded etcd, etcd to SQLite, SQLite to PostgreSQL/MySQL, ...)",
 		Long: `Migrate streams every live key of one datastore into another of any kind, with restore's
-rules: values, create revisions and leases are kept, the target's revision ends above both the
-source's and the target's previous revision plus --bump-revision, and every older revision is
-compacted so clients re-list. Nothing is staged on disk: the source's read feeds the target.
+rules: values and leases are kept, the target's revision ends above both the source's and the
+target's previous revision plus --bump-revision, and every older revision is compacted so
+clients re-list. Create revisions and versions are kept where the target is written directly
+(sqlite://, mysql://, postgres://, etcd-dir://); through the etcd API (etcd://, etcds://,
+unix://) every key gets a new create revision and version 1, as any write through the API does.
+Nothing is staged on disk: the source's read feeds the target.
 
 Stop the virtual control plane first (scale its StatefulSet to 0). The source and the target must
 be different datastores: vcsnap asks each for its identity (etcd cluster ID, the SQLite file's

@@ -104,8 +104,16 @@ func (t *Target) Kind() string {
 
 func (t *Target) Close() error { return t.cli.Close() }
 
+// ReplacesOnlyPrefix: a forced restore of a prefix-limited snapshot replaces only the
+// keys under that prefix (datastore.PrefixScoped).
+func (t *Target) ReplacesOnlyPrefix() {}
+
 func (t *Target) Prepare(ctx context.Context, opts datastore.PrepareOptions) (datastore.TargetState, error) {
 	t.opts = opts
+	if opts.Prefix != "" && (t.prefix == "" || (t.kine && t.prefix == "/")) {
+		// A snapshot of keys under a prefix replaces those, never every other key.
+		t.prefix = opts.Prefix
+	}
 	start, end := prefixRange(t.prefix)
 	resp, err := t.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithCountOnly())
 	if err != nil {

@@ -37,4 +37,3 @@ func Identity(ctx context.Context, c Config) (datastore.Identity, error) {
 	return datastore.Identity{ID: c.Dialect + ":" + a + ":" + b + ":" + d,
 		Describe: fmt.Sprintf("%s server %s, database %s", c.Dialect, a, d)}, nil
 }
-

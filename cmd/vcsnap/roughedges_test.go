@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+
+	"github.com/vcsnap/vcsnap/test/embedetcd"
+	"github.com/vcsnap/vcsnap/test/faultproxy"
+)
+
+// The rough edges of issue 23 (items 5 and 9 to 11), through the CLI.
+
+// noIMDS keeps the AWS SDK's credential chain on this machine: no instance metadata.
+var noIMDS = []string{"AWS_EC2_METADATA_DISABLED=true"}
+
+// lockedS3 serves a bucket in memory and answers 403 AccessDenied to reads of one key, as
+// a bucket policy denying it would; with noCreds set, every request is refused as from an
+// unknown access key.
+type lockedS3 struct {
+	h      http.Handler
+	locked string
+}
+
+func (l *lockedS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/"+l.locked) {
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusForbidden)
+		w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`))
+		return
+	}
+	l.h.ServeHTTP(w, r)
+}
+
+// Items 5 and 9: an object that cannot be read is listed as unreadable and the exit code
+// says so; prune decides nothing then; a missing bucket, an endpoint that refuses, and
+// missing credentials each get an error naming the fix, before the datastore is read.
+func TestStoreErrorsSayWhatToFix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fill(t, srcCli, 10, 100)
+	backend := s3mem.New()
+	backend.CreateBucket("bkt")
+	srv := httptest.NewServer(&lockedS3{h: gofakes3.New(backend).Server(), locked: "locked"})
+	t.Cleanup(srv.Close)
+	env := append([]string{"AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test"}, noIMDS...)
+	opts := "?endpoint=" + srv.URL + "&force-path-style=true&region=us-east-1"
+	for _, name := range []string{"a", "locked"} {
+		if r := vcsnap(t, env, "snapshot", "create", "--datastore", src.URL, "s3://bkt/vc1/"+name+opts); r.code != exitOK {
+			t.Fatalf("create %s: %+v", name, r)
+		}
+	}
+	r := vcsnap(t, env, "snapshot", "list", "s3://bkt/vc1"+opts)
+	if r.code != exitStore || !strings.Contains(r.stdout, "unreadable") || !strings.Contains(r.stdout, "AccessDenied") || !strings.Contains(r.stdout, "vc1/a") {
+		t.Fatalf("list with an unreadable bundle: %+v", r)
+	}
+	if r := vcsnap(t, env, "snapshot", "prune", "--keep-last", "1", "s3://bkt/vc1/"+opts); r.code != exitStore || !strings.Contains(r.stderr, "decides nothing") {
+		t.Fatalf("prune with an unreadable bundle: %+v", r)
+	}
+
+	// A missing bucket, found before the datastore is read (it is not reachable at all).
+	r = vcsnap(t, env, "snapshot", "create", "--datastore", "etcd://127.0.0.1:1", "s3://nobucket/x"+opts)
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `bucket "nobucket" does not exist`) {
+		t.Fatalf("missing bucket: %+v", r)
+	}
+	// An endpoint that refuses connections: retries are logged, then the fix is named.
+	r = vcsnap(t, env, "snapshot", "create", "--datastore", src.URL, "s3://bkt/x?endpoint=http://127.0.0.1:1&force-path-style=true&region=us-east-1")
+	if r.code != exitStore || !strings.Contains(r.stderr, "retrying") || !strings.Contains(r.stderr, "cannot reach the S3 endpoint") {
+		t.Fatalf("refused endpoint: %+v", r)
+	}
+	// No credentials anywhere.
+	home := t.TempDir()
+	r = vcsnap(t, append([]string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_PROFILE=", "HOME=" + home,
+		"AWS_CONFIG_FILE=" + home + "/none", "AWS_SHARED_CREDENTIALS_FILE=" + home + "/none"}, noIMDS...),
+		"snapshot", "create", "--datastore", src.URL, "s3://bkt/y"+opts)
+	if r.code != exitStore || !strings.Contains(r.stderr, "no AWS credentials found") {
+		t.Fatalf("no credentials: %+v", r)
+	}
+	// A datastore that refuses connections fails at once with exit 7.
+	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", "etcd://127.0.0.1:1", "file://"+t.TempDir()+"/z"); r.code != exitUnavailable || !strings.Contains(r.stderr, "connection refused") {
+		t.Fatalf("refused etcd: %+v", r)
+	}
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Item 9: a create whose datastore stops answering says so every few seconds, and a
+// watcher whose datastore is gone says it captures nothing.
+func TestStalledRunsSaySo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fill(t, srcCli, 2000, 4096)
+	proxy := faultproxy.Start(t, strings.TrimPrefix(src.URL, "etcd://"))
+	proxy.StallAfter(2 << 20)
+	var out syncBuffer
+	cmd := exec.Command(os.Args[0], "snapshot", "create", "--datastore", "etcd://"+proxy.Addr, "file://"+t.TempDir()+"/snap")
+	cmd.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-proxy.Stalled()
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "still working: no progress report") })
+	cmd.Process.Signal(syscall.SIGINT)
+	proxy.Release()
+	cmd.Wait()
+
+	dir := t.TempDir()
+	e, err := embedetcd.Start(filepath.Join(dir, "etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stopOnce sync.Once
+	stop := func() { stopOnce.Do(e.Close) }
+	defer stop()
+	var wout syncBuffer
+	w := exec.Command(os.Args[0], "snapshot", "watch", "--datastore", e.URL, "--delta-every", "1s", "file://"+dir+"/pitr/")
+	w.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
+	w.Stderr = &wout
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w.Process.Signal(syscall.SIGTERM); w.Wait() }()
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(wout.String(), "full") })
+	stop()
+	waitForLong(t, 90*time.Second, func() bool { return strings.Contains(wout.String(), "nothing is being captured") })
+}
+
+func waitForLong(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Items 10 and 11: the smaller cases.
+func TestSmallerRoughEdges(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fill(t, srcCli, 20, 100)
+	srcCli.Put(context.Background(), "/other/keep", "outside the prefix")
+	dir := t.TempDir()
+
+	// create onto an existing directory fails before reading the datastore (which is not
+	// even reachable here), exit 2.
+	os.MkdirAll(filepath.Join(dir, "adir"), 0o755)
+	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", "etcd://127.0.0.1:1", "file://"+dir+"/adir"); r.code != exitUsage || !strings.Contains(r.stderr, "is a directory") {
+		t.Fatalf("create onto a directory: %+v", r)
+	}
+	// A 0-key snapshot warns.
+	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", src.URL+"?prefix=/nothing/", "file://"+dir+"/empty"); r.code != exitOK || !strings.Contains(r.stderr, "holds no keys") {
+		t.Fatalf("0-key snapshot: %+v", r)
+	}
+	// A prefix bundle records its prefix, and a forced restore replaces only keys under it.
+	pre := "file://" + dir + "/prefixed"
+	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", src.URL+"?prefix=/registry/", pre); r.code != exitOK {
+		t.Fatalf("create with a prefix: %+v", r)
+	}
+	if r := vcsnap(t, nil, "snapshot", "describe", pre); r.code != exitOK || !strings.Contains(r.stdout, "Key prefix:") {
+		t.Fatalf("describe of a prefix bundle: %+v", r)
+	}
+	dst, dstCli := startEtcd(t)
+	dstCli.Put(context.Background(), "/other/mine", "not in the bundle's prefix")
+	dstCli.Put(context.Background(), "/registry/old", "replaced")
+	if r := vcsnap(t, nil, "restore", "--force", "--datastore", dst.URL, pre); r.code != exitOK {
+		t.Fatalf("restore --force of a prefix bundle: %+v", r)
+	}
+	got := keysOf(t, dstCli)
+	if got["/other/mine"] != "not in the bundle's prefix" || got["/registry/old"] != "" || len(got) != 21 {
+		t.Fatalf("after a forced restore of a /registry/ bundle: %d keys, /other/mine=%q, /registry/old=%q", len(got), got["/other/mine"], got["/registry/old"])
+	}
+	// Into a SQLite target it would replace everything: refused, exit 5.
+	db := "sqlite://" + dir + "/state.db"
+	if r := vcsnap(t, nil, "migrate", "--from", src.URL, "--to", db); r.code != exitOK {
+		t.Fatalf("migrate: %+v", r)
+	}
+	if r := vcsnap(t, nil, "restore", "--force", "--datastore", db, pre); r.code != exitRefused || !strings.Contains(r.stderr, "outside it") {
+		t.Fatalf("forced restore of a prefix bundle into SQLite: %+v", r)
+	}
+
+	// JSON: durations in seconds, sizes as size, errors as JSON too.
+	r := vcsnap(t, nil, "-o", "json", "snapshot", "verify", pre)
+	var v map[string]any
+	if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &v) != nil || v["durationSeconds"] == nil || v["size"] == nil || v["duration"] != nil {
+		t.Fatalf("verify -o json: %+v", r)
+	}
+	r = vcsnap(t, nil, "-o", "json", "snapshot", "verify", "file://"+dir+"/missing")
+	if r.code != exitNotFound || json.Unmarshal([]byte(r.stdout), &v) != nil || v["exitCode"] != float64(exitNotFound) {
+		t.Fatalf("an error under -o json: %+v", r)
+	}
+
+	// snapshot watch chain: compact with nothing to do succeeds; deleting a middle delta
+	// is refused; --to-time after the chain's end says how far before it the chain ends.
+	pitr := "file://" + dir + "/pitr/"
+	w := exec.Command(os.Args[0], "snapshot", "watch", "--datastore", src.URL, "--delta-every", "200ms", pitr)
+	w.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForLong(t, 60*time.Second, func() bool {
+		f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full"))
+		return len(f) > 0
+	})
+	for i := range 3 {
+		srcCli.Put(context.Background(), "/registry/configmaps/ns/late", strings.Repeat("x", i+1))
+		waitForLong(t, 60*time.Second, func() bool {
+			d, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
+			return len(d) > i
+		})
+	}
+	w.Process.Signal(syscall.SIGTERM)
+	w.Wait()
+	deltas, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
+	sort.Strings(deltas)
+	if r := vcsnap(t, nil, "snapshot", "delete", "file://"+deltas[0]); r.code != exitRefused || !strings.Contains(r.stderr, "--break-chain") {
+		t.Fatalf("delete of a middle delta: %+v", r)
+	}
+	later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	empty, _ := startEtcd(t)
+	if r := vcsnap(t, nil, "restore", "--datastore", empty.URL, "--to-time", later, pitr); r.code != exitOK || !strings.Contains(r.stdout, "The chain ends") {
+		t.Fatalf("--to-time after the chain's end: %+v", r)
+	}
+	if r := vcsnap(t, nil, "snapshot", "compact", pitr); r.code != exitOK {
+		t.Fatalf("compact: %+v", r)
+	}
+	if r := vcsnap(t, nil, "snapshot", "compact", pitr); r.code != exitOK || !strings.Contains(r.stdout, "Nothing to compact") {
+		t.Fatalf("compact with nothing to do: %+v", r)
+	}
+}
