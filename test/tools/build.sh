@@ -2,13 +2,17 @@
 # Builds the pinned test tools (etcd, kine, Kubernetes components, MinIO, CSI
 # sidecars, helm) and the VolumeSnapshot CRDs into a cache folder, idempotently.
 #
-#   test/tools/build.sh [TOOL...]     # default: every tool
+#   test/tools/build.sh [TOOL...]     # default: every tool except the extras
 #   test/tools/build.sh --list        # print tool names and pins
+#
+# Extras, built only when named (not part of the default set `make test` builds):
+#   test/tools/build.sh vcluster vclusterctl vcluster-chart
 #
 # Cache dir: ${VCSNAP_TOOLS_DIR:-$HOME/.cache/vcsnap-tools}
 #   bin/<tool>          the binary
 #   bin/.<tool>.stamp   the pinned version it was built from
 #   crds/*.yaml         VolumeSnapshot CRDs (stamp: crds/.crds.stamp)
+#   charts/vcluster/    vcluster's Helm chart (stamp: charts/.vcluster-chart.stamp)
 #   logs/<tool>.log     output of the last build of <tool>
 # A tool is rebuilt only when its binary or stamp is missing or the stamp
 # differs from the pin below. Force a rebuild by deleting the stamp
@@ -24,6 +28,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DIR="${VCSNAP_TOOLS_DIR:-$HOME/.cache/vcsnap-tools}"
 BIN="$DIR/bin"
 CRDS="$DIR/crds"
+CHARTS="$DIR/charts"
 LOGS="$DIR/logs"
 
 # ---- pins -------------------------------------------------------------------
@@ -36,6 +41,7 @@ SNAPSHOT_CLIENT_VERSION=v8.2.0                        # github.com/kubernetes-cs
 PROVISIONER_VERSION=v5.3.0                            # github.com/kubernetes-csi/external-provisioner/v5 (wrapper: external-provisioner/)
 HELM_VERSION=v3.18.6                                  # helm.sh/helm/v3 (go install)
 HELM_K8S_MINOR=33                                     # minor of the k8s.io/client-go helm v3.18.6 requires (v0.33.x)
+VCLUSTER_VERSION=v0.30.0                              # github.com/loft-sh/vcluster (wrapper: vcluster/; the chart comes from its module zip)
 
 ALL_TOOLS=(
   etcd etcdctl etcdutl
@@ -48,6 +54,13 @@ ALL_TOOLS=(
   crds
 )
 
+# Built only when named on the command line, never by default: `make test`
+# builds the default set, and a cold vcluster build adds ~6 min on 2 cores
+# (about 8 CPU-minutes, 2 GB of RAM) to the CI time budget.
+EXTRA_TOOLS=(
+  vcluster vclusterctl vcluster-chart
+)
+
 pin_of() {
   case "$1" in
     etcd|etcdctl|etcdutl) echo "$ETCD_VERSION" ;;
@@ -58,10 +71,11 @@ pin_of() {
     csi-provisioner) echo "$PROVISIONER_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     crds) echo "$SNAPSHOT_CLIENT_VERSION" ;;
+    vcluster|vclusterctl|vcluster-chart) echo "$VCLUSTER_VERSION" ;;
     csi-node-driver-registrar)
       echo "csi-node-driver-registrar: github.com/kubernetes-csi/node-driver-registrar is not served by the module proxy here (403 for every v2.x tried); not built" >&2
       return 1 ;;
-    *) echo "unknown tool: $1 (known: ${ALL_TOOLS[*]})" >&2; return 1 ;;
+    *) echo "unknown tool: $1 (known: ${ALL_TOOLS[*]} ${EXTRA_TOOLS[*]})" >&2; return 1 ;;
   esac
 }
 
@@ -87,7 +101,11 @@ check_env() {
 }
 
 stamp_file() {
-  if [[ "$1" == crds ]]; then echo "$CRDS/.crds.stamp"; else echo "$BIN/.$1.stamp"; fi
+  case "$1" in
+    crds) echo "$CRDS/.crds.stamp" ;;
+    vcluster-chart) echo "$CHARTS/.vcluster-chart.stamp" ;;
+    *) echo "$BIN/.$1.stamp" ;;
+  esac
 }
 
 up_to_date() {
@@ -100,6 +118,8 @@ up_to_date() {
              snapshot.storage.k8s.io_volumesnapshots.yaml; do
       [[ -s "$CRDS/$f" ]] || return 1
     done
+  elif [[ "$tool" == vcluster-chart ]]; then
+    chart_complete "$CHARTS/vcluster" || return 1
   else
     [[ -x "$BIN/$tool" ]] || return 1
   fi
@@ -111,6 +131,17 @@ check_wrapper_pin() {
   local wrapper="$1" module="$2" pin="$3" got
   got="$(cd "$HERE/$wrapper" && go list -mod=readonly -m -f '{{.Version}}' "$module")"
   [[ "$got" == "$pin" ]] || die "$wrapper/go.mod requires $module $got, build.sh pins $pin"
+}
+
+# module_dir DIR MODULE@VERSION: downloads the module (verified against DIR's
+# go.sum, or the checksum database outside a module) and prints its folder in
+# the module cache.
+module_dir() {
+  local dir="$1" target="$2" d
+  d="$(cd "$dir" && go mod download -json "$target" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
+  [[ -n "$d" && -d "$d" ]] || die "could not locate $target in the module cache"
+  echo "$d"
 }
 
 # wrapper_build WRAPPER OUT PKG [go build flags...]
@@ -145,6 +176,16 @@ minio_ldflags() {
   local d="${ts:0:4}-${ts:4:2}-${ts:6:2}" t="${ts:8:2}:${ts:10:2}:${ts:12:2}"
   local p=github.com/minio/minio/cmd
   echo "-s -w -X $p.Version=${d}T${t}Z -X $p.CopyrightYear=${ts:0:4} -X $p.ReleaseTag=DEVELOPMENT.${d}T${t//:/-}Z -X $p.CommitID=$commit -X $p.ShortCommitID=$commit"
+}
+
+vcluster_ldflags() {
+  # As upstream's .goreleaser.yaml: the release version without its "v".
+  # The telemetry key stays empty. Upstream also builds with -tags embed_chart,
+  # which embeds a chart .tgz generated at release time; the module zip has
+  # none, so the CLI is built without it (the rig installs the chart with helm).
+  local v="${VCLUSTER_VERSION#v}" f="-s -w"
+  [[ "$1" == vclusterctl ]] && f+=" -X main.version=$v"
+  echo "$f -X github.com/loft-sh/vcluster/pkg/telemetry.SyncerVersion=$v"
 }
 
 # build_tool TOOL OUT: builds TOOL into the file OUT.
@@ -186,6 +227,13 @@ build_tool() {
          -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_K8S_MINOR
          -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_K8S_MINOR"
       ;;
+    vcluster|vclusterctl)
+      # Static, like upstream's release (CGO_ENABLED=0): the syncer binary is
+      # meant to go into a container image.
+      check_wrapper_pin vcluster github.com/loft-sh/vcluster "$VCLUSTER_VERSION"
+      CGO_ENABLED=0 wrapper_build vcluster "$out" "github.com/loft-sh/vcluster/cmd/$tool" \
+        -ldflags "$(vcluster_ldflags "$tool")"
+      ;;
     *) die "no build rule for $tool" ;;
   esac
 }
@@ -200,6 +248,13 @@ verify_tool() {
     kubectl) out="$("$f" version --client)" ;;
     helm) out="$("$f" version --short)" ;;
     minio) out="$("$f" --version)"; want="${MINIO_VERSION##*-}" ;;
+    # vcluster prints "vcluster version 0.30.0". The CLI's --version runs no
+    # telemetry and no update check; HOME is a scratch dir so it writes nothing.
+    vcluster) out="$("$f" --version 2>&1)"; want="version ${want#v}" ;;
+    vclusterctl)
+      local home; home="$(mktemp -d)"
+      out="$(HOME="$home" VCLUSTER_SKIP_VERSION_CHECK=true "$f" --version 2>&1)" || { rm -rf "$home"; return 1; }
+      rm -rf "$home"; want="version ${want#v}" ;;
     *) out="$("$f" --version 2>&1)" ;;
   esac
   if [[ "$out" != *"$want"* ]]; then
@@ -211,9 +266,8 @@ verify_tool() {
 
 install_crds() {
   local out="$1" dir
-  dir="$(cd "$DIR" && go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOT_CLIENT_VERSION" \
-        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
-  [[ -n "$dir" && -d "$dir/config/crd" ]] || die "could not locate external-snapshotter/client/v8@$SNAPSHOT_CLIENT_VERSION"
+  dir="$(module_dir "$DIR" "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOT_CLIENT_VERSION")"
+  [[ -d "$dir/config/crd" ]] || die "no config/crd in external-snapshotter/client/v8@$SNAPSHOT_CLIENT_VERSION"
   mkdir -p "$out"
   local f
   for f in "$dir"/config/crd/snapshot.storage.k8s.io_*.yaml; do
@@ -222,13 +276,36 @@ install_crds() {
   done
 }
 
+chart_complete() {
+  local c="$1"
+  [[ -s "$c/Chart.yaml" && -s "$c/values.yaml" && -s "$c/templates/statefulset.yaml" ]]
+}
+
+# install_vcluster_chart OUT: copies chart/ from the vcluster module zip (the
+# version the wrapper module pins) to OUT, writable so the cache can be removed.
+install_vcluster_chart() {
+  local out="$1" dir tmp
+  check_wrapper_pin vcluster github.com/loft-sh/vcluster "$VCLUSTER_VERSION"
+  dir="$(module_dir "$HERE/vcluster" "github.com/loft-sh/vcluster@$VCLUSTER_VERSION")"
+  chart_complete "$dir/chart" || die "no chart/ in github.com/loft-sh/vcluster@$VCLUSTER_VERSION"
+  mkdir -p "$(dirname "$out")"
+  tmp="$out.tmp.$$"
+  rm -rf "$tmp"
+  cp -R "$dir/chart" "$tmp"
+  chmod -R u+w "$tmp"
+  rm -rf "$out"
+  mv "$tmp" "$out"
+  echo "copied $dir/chart to $out"
+}
+
 # ---- main -------------------------------------------------------------------
 if [[ "${1:-}" == "--list" ]]; then
   for t in "${ALL_TOOLS[@]}"; do printf '%-26s %s\n' "$t" "$(pin_of "$t")"; done
+  for t in "${EXTRA_TOOLS[@]}"; do printf '%-26s %-44s only when named\n' "$t" "$(pin_of "$t")"; done
   exit 0
 fi
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -260,6 +337,10 @@ for t in "${tools[@]}"; do
   t0=$SECONDS
   if [[ "$t" == crds ]]; then
     if ! install_crds "$CRDS" >"$log" 2>&1; then
+      echo "$t: FAILED, see $log" >&2; tail -n 30 "$log" >&2; exit 1
+    fi
+  elif [[ "$t" == vcluster-chart ]]; then
+    if ! install_vcluster_chart "$CHARTS/vcluster" >"$log" 2>&1; then
       echo "$t: FAILED, see $log" >&2; tail -n 30 "$log" >&2; exit 1
     fi
   else
