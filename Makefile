@@ -6,7 +6,7 @@ GO      ?= go
 # Test timeout per package; the whole run stays well under CI's limit.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: build demo test test-short setup tools vet fmt fuzz clean bench reliability
+.PHONY: build demo test test-short test-race setup tools vet fmt fuzz clean bench reliability
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vcsnap ./cmd/vcsnap
@@ -29,7 +29,15 @@ vet:
 
 test: setup vet
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) test-race
 	bash test/fuzz.sh 100000
+
+# The unit tests (-short: no servers) under the race detector: the S3 part uploader, the
+# zstd frame workers, the etcd writers and the watcher are concurrent. The tests that run
+# servers, nodes and vclusters run without it above (under -race they would take several
+# times as long on two cores).
+test-race:
+	$(GO) test -race -short -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Unit tests only: no servers started.
 test-short:

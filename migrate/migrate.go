@@ -253,12 +253,23 @@ var ErrSameDatastore = errors.New("the source and the target are the same datast
 // server instance and database), not from how the URLs are spelt; nothing is written.
 func checkDistinct(ctx context.Context, o Options) error {
 	from, err := open.Identity(ctx, o.From, o.FromOptions)
-	if err != nil {
+	if errors.Is(err, datastore.ErrBadURL) {
 		return fmt.Errorf("source: %w", err)
 	}
-	to, err := open.Identity(ctx, o.To, o.ToOptions)
 	if err != nil {
+		// Opening the source reports why it cannot be reached.
+		slog.Debug("the source's identity is unknown", "error", err)
+		return nil
+	}
+	to, err := open.Identity(ctx, o.To, o.ToOptions)
+	if errors.Is(err, datastore.ErrBadURL) {
 		return fmt.Errorf("target: %w", err)
+	}
+	if err != nil {
+		// A target that cannot be reached yet (a database kine's target creates) is not
+		// the source, which can.
+		slog.Debug("the target's identity is unknown", "error", err)
+		return nil
 	}
 	if from.Overlaps(to) {
 		return fmt.Errorf("%w: %s and %s both reach %s; nothing was written", ErrSameDatastore, open.Redact(o.From), open.Redact(o.To), from.Describe)

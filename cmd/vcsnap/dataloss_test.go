@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -212,35 +211,27 @@ func TestInterruptedForcedRestoreKeepsTheTarget(t *testing.T) {
 			defer cancel()
 			// The first restored key: the target's own keys are gone by now.
 			wch := dstCli.Watch(ctx, "/registry/configmaps/", clientv3.WithPrefix())
-			cmd := exec.Command(os.Args[0], "restore", "--force", "--datastore", dst.URL, url)
-			cmd.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
+			r := startVcsnap(t, "restore", "--force", "--datastore", dst.URL, url)
 			select {
 			case <-wch:
-			case err := <-exited:
-				t.Fatalf("restore ended before writing: %v\n%s", err, stderr.String())
+			case err := <-r.exited:
+				t.Fatalf("restore ended before writing: %v\n%s", err, r.stderr.String())
 			}
-			cmd.Process.Signal(syscall.SIGSTOP)
+			r.cmd.Process.Signal(syscall.SIGSTOP)
 			// Mid-restore for sure: the previous keys are gone, not every new one is there.
 			mid := keysOf(t, dstCli)
 			if _, ok := mid["/registry/pods/team/p-00"]; ok || len(mid) >= 6000 {
-				cmd.Process.Signal(syscall.SIGCONT)
+				r.cmd.Process.Signal(syscall.SIGCONT)
 				t.Fatalf("not mid-restore: %d keys, previous ones present: %v", len(mid), ok)
 			}
-			cmd.Process.Signal(sig)
-			cmd.Process.Signal(syscall.SIGCONT)
-			err := <-exited
+			r.cmd.Process.Signal(sig)
+			r.cmd.Process.Signal(syscall.SIGCONT)
+			err := <-r.exited
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
-				t.Fatalf("exit %v, want %d\n%s", err, exitInterrupted, stderr.String())
+				t.Fatalf("exit %v, want %d\n%s", err, exitInterrupted, r.stderr.String())
 			}
-			if !strings.Contains(stderr.String(), "previous 27 keys were put back") {
-				t.Fatalf("stderr does not say the keys were put back:\n%s", stderr.String())
+			if !strings.Contains(r.stderr.String(), "previous 27 keys were put back") {
+				t.Fatalf("stderr does not say the keys were put back:\n%s", r.stderr.String())
 			}
 			after := keysOf(t, dstCli)
 			for k, v := range before {

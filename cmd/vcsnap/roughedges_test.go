@@ -126,18 +126,11 @@ func TestStalledRunsSaySo(t *testing.T) {
 	fill(t, srcCli, 2000, 4096)
 	proxy := faultproxy.Start(t, strings.TrimPrefix(src.URL, "etcd://"))
 	proxy.StallAfter(2 << 20)
-	var out syncBuffer
-	cmd := exec.Command(os.Args[0], "snapshot", "create", "--datastore", "etcd://"+proxy.Addr, "file://"+t.TempDir()+"/snap")
-	cmd.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
-	cmd.Stderr = &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	create := startVcsnap(t, "snapshot", "create", "--datastore", "etcd://"+proxy.Addr, "file://"+t.TempDir()+"/snap")
 	<-proxy.Stalled()
-	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "still working: no progress report") })
-	cmd.Process.Signal(syscall.SIGINT)
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(create.stderr.String(), "still working: no progress report") })
 	proxy.Release()
-	cmd.Wait()
+	create.stop(syscall.SIGINT)
 
 	dir := t.TempDir()
 	e, err := embedetcd.Start(filepath.Join(dir, "etcd"))
@@ -147,17 +140,37 @@ func TestStalledRunsSaySo(t *testing.T) {
 	var stopOnce sync.Once
 	stop := func() { stopOnce.Do(e.Close) }
 	defer stop()
-	var wout syncBuffer
-	w := exec.Command(os.Args[0], "snapshot", "watch", "--datastore", e.URL, "--delta-every", "1s", "file://"+dir+"/pitr/")
-	w.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
-	w.Stderr = &wout
-	if err := w.Start(); err != nil {
+	w := startVcsnap(t, "snapshot", "watch", "--datastore", e.URL, "--delta-every", "1s", "file://"+dir+"/pitr/")
+	defer w.stop(syscall.SIGTERM)
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(w.stderr.String(), "full") })
+	stop()
+	waitForLong(t, 90*time.Second, func() bool { return strings.Contains(w.stderr.String(), "nothing is being captured") })
+}
+
+// running is the CLI started as its own process, its stderr collected as it comes.
+type running struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	exited chan error
+}
+
+func startVcsnap(t *testing.T, args ...string) *running {
+	t.Helper()
+	r := &running{cmd: exec.Command(os.Args[0], args...), stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	r.cmd.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
+	r.cmd.Stderr = r.stderr
+	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { w.Process.Signal(syscall.SIGTERM); w.Wait() }()
-	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(wout.String(), "full") })
-	stop()
-	waitForLong(t, 90*time.Second, func() bool { return strings.Contains(wout.String(), "nothing is being captured") })
+	go func() { r.exited <- r.cmd.Wait() }()
+	t.Cleanup(func() { r.cmd.Process.Kill() }) // a test that failed half-way leaves nothing running
+	return r
+}
+
+// stop signals the process and waits until it is gone.
+func (r *running) stop(sig syscall.Signal) error {
+	r.cmd.Process.Signal(sig)
+	return <-r.exited
 }
 
 func waitForLong(t *testing.T, d time.Duration, cond func() bool) {
@@ -232,11 +245,7 @@ func TestSmallerRoughEdges(t *testing.T) {
 	// snapshot watch chain: compact with nothing to do succeeds; deleting a middle delta
 	// is refused; --to-time after the chain's end says how far before it the chain ends.
 	pitr := "file://" + dir + "/pitr/"
-	w := exec.Command(os.Args[0], "snapshot", "watch", "--datastore", src.URL, "--delta-every", "200ms", pitr)
-	w.Env = append(os.Environ(), "VCSNAP_BE_CLI=1")
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
+	w := startVcsnap(t, "snapshot", "watch", "--datastore", src.URL, "--delta-every", "200ms", pitr)
 	waitForLong(t, 60*time.Second, func() bool {
 		f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full"))
 		return len(f) > 0
@@ -248,8 +257,7 @@ func TestSmallerRoughEdges(t *testing.T) {
 			return len(d) > i
 		})
 	}
-	w.Process.Signal(syscall.SIGTERM)
-	w.Wait()
+	w.stop(syscall.SIGTERM)
 	deltas, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
 	sort.Strings(deltas)
 	if r := vcsnap(t, nil, "snapshot", "delete", "file://"+deltas[0]); r.code != exitRefused || !strings.Contains(r.stderr, "--break-chain") {

@@ -180,7 +180,9 @@ func TestCrashSnapshot(t *testing.T) {
 		fmt.Sprintf("%d killed mid-run (the rest ended before the kill); every listed bundle verified; 0 partial bundles visible; the same name snapshotted again after every kill", landed))
 }
 
-var undoRe = regexp.MustCompile(`undo="(vcsnap restore [^"]+)"`)
+// undoRe finds the undo command a forced restore prints on a line of its own, before its
+// first write.
+var undoRe = regexp.MustCompile(`(?m)^  (vcsnap restore --force [^\n]+)$`)
 
 // TestCrashRestore SIGKILLs `vcsnap restore --force` into a SQLite file and into etcd,
 // both holding other data, at seeded random moments. After every kill the target holds

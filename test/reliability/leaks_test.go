@@ -150,7 +150,7 @@ func TestNoLeaks(t *testing.T) {
 	run(0, "snapshot", "create", "--datastore", pgURL, "--datastore-password-file", pwFile, file("plain"))
 
 	// describe shows encryption and the recipient count without a key.
-	for name, want := range map[string]string{file("one"): "age, 1 recipient(s)", file("two"): "age, 2 recipient(s)", s3u("pass"): "age, 1 recipient(s)", file("plain"): "no"} {
+	for name, want := range map[string]string{file("one"): "age, 1 recipient(s)", file("two"): "age, 2 recipient(s)", s3u("pass"): "age, passphrase", file("plain"): "no"} {
 		res := run(0, "snapshot", "describe", name)
 		if !strings.Contains(res.Stdout, "Encrypted:") || !strings.Contains(res.Stdout, want+"\n") {
 			t.Errorf("describe %s: want Encrypted: %s\n%s", name, want, res)

@@ -89,6 +89,13 @@ func CRDDir(t testing.TB) string {
 	return d
 }
 
+// SystemTool finds a binary installed on the system (setup.sh installs the rig's Debian
+// packages), or stops the test through Missing.
+func SystemTool(t testing.TB, name string) string {
+	t.Helper()
+	return systemBinary(t, name, "test/setup.sh installs it")
+}
+
 // systemBinary finds a binary installed on the system (PATH, then the given
 // extra directories), or stops the test through Missing with the hint.
 func systemBinary(t testing.TB, name, hint string, dirs ...string) string {
