@@ -344,7 +344,19 @@ func TestCLIEncryption(t *testing.T) {
 	if r := run("restore", "--datastore", dst.URL, url); r.code != exitNoKey {
 		t.Fatalf("restore without a key: %+v", r)
 	}
-	if r := run("restore", "--datastore", dst.URL, "--identity-file", idFile, url); r.code != exitOK {
+	// The wrong key, into a non-empty target with --force: refused before the target is
+	// touched (no safety backup taken, no key changed), exit 8.
+	dstCli.Put(context.Background(), "/registry/configmaps/a/keep", "mine")
+	if r := run("restore", "--force", "--datastore", dst.URL, "--identity-file", otherFile, url); r.code != exitNoKey || !strings.Contains(r.stderr, "none of the given keys") {
+		t.Fatalf("restore with the wrong key: %+v", r)
+	}
+	if got := keysOf(t, dstCli); len(got) != 1 || got["/registry/configmaps/a/keep"] != "mine" {
+		t.Fatalf("a restore with the wrong key touched the target: %v", got)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "enc.pre-restore-*")); len(m) != 0 {
+		t.Fatalf("a restore with the wrong key took a safety backup: %v", m)
+	}
+	if r := run("restore", "--force", "--datastore", dst.URL, "--identity-file", idFile, url); r.code != exitOK {
 		t.Fatalf("restore with the key: %+v", r)
 	}
 	resp, err := dstCli.Get(context.Background(), "/registry/secrets/db/creds")

@@ -18,9 +18,12 @@ import (
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/vcsnap/vcsnap/test/embedetcd"
 	"github.com/vcsnap/vcsnap/test/faultproxy"
+	"github.com/vcsnap/vcsnap/test/rig"
 )
 
 // The rough edges of issue 23 (items 5 and 9 to 11), through the CLI.
@@ -273,5 +276,52 @@ func TestSmallerRoughEdges(t *testing.T) {
 	}
 	if r := vcsnap(t, nil, "snapshot", "compact", pitr); r.code != exitOK || !strings.Contains(r.stdout, "Nothing to compact") {
 		t.Fatalf("compact with nothing to do: %+v", r)
+	}
+}
+
+// Issue 21 item 8: a 2 MiB value (legal in kine, and in an etcd with a larger request
+// limit) is snapshotted; restoring it into an etcd with the default 1.5 MiB limit fails
+// naming the key and the limit, leaving the target as it was; SQLite takes it whole.
+func TestValuesOverEtcdsRequestLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, err := embedetcd.StartWith(t.TempDir(), func(c *embed.Config) { c.MaxRequestBytes = 4 << 20 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Close)
+	srcCli, err := clientv3.New(clientv3.Config{Endpoints: []string{src.Endpoint}, MaxCallSendMsgSize: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcCli.Close()
+	big := strings.Repeat("b", 2<<20)
+	if _, err := srcCli.Put(context.Background(), "/registry/configmaps/big/cm", big); err != nil {
+		t.Fatal(err)
+	}
+	fill(t, srcCli, 50, 100)
+	dir := t.TempDir()
+	url := "file://" + dir + "/big"
+	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", src.URL, url); r.code != exitOK {
+		t.Fatalf("create: %+v", r)
+	}
+	dst, dstCli := startEtcd(t)
+	dstCli.Put(context.Background(), "/registry/configmaps/a/mine", "old")
+	r := vcsnap(t, nil, "restore", "--force", "--datastore", dst.URL, url)
+	if r.code == exitOK || !strings.Contains(r.stderr, "/registry/configmaps/big/cm") || !strings.Contains(r.stderr, "--max-request-bytes") {
+		t.Fatalf("restore of a 2 MiB value into a default etcd: %+v", r)
+	}
+	if got := keysOf(t, dstCli); len(got) != 1 || got["/registry/configmaps/a/mine"] != "old" {
+		t.Fatalf("the failed restore left %d keys", len(got))
+	}
+	db := dir + "/state.db"
+	if r := vcsnap(t, nil, "restore", "--datastore", "sqlite://"+db, url); r.code != exitOK {
+		t.Fatalf("restore into SQLite: %+v", r)
+	}
+	out, err := exec.Command(rig.SystemTool(t, "sqlite3"), db,
+		"SELECT length(value) FROM kine WHERE name = '/registry/configmaps/big/cm' ORDER BY id DESC LIMIT 1;").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "2097152" {
+		t.Fatalf("the big value in SQLite: %q %v", out, err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -188,8 +190,13 @@ func (t *Target) writer(ctx context.Context) {
 			return rpctypes.Error(err)
 		})
 		if err != nil {
-			if errors.Is(err, rpctypes.ErrRequestTooLarge) {
-				err = fmt.Errorf("%w: a key in this batch (first %q) is larger than the target's --max-request-bytes", err, ops[0].GetRequestPut().GetKey())
+			// etcd refuses a request over --max-request-bytes, or its gRPC server one over
+			// that plus its overhead allowance, before reading it.
+			if errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
+				// A key too large for one request is alone in its batch (see Put).
+				big := ops[0].GetRequestPut()
+				err = fmt.Errorf("%w: key %q (%d bytes with its value) is larger than the target etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): raise that limit on the target, or restore into SQLite or a SQL datastore, which take it",
+					err, big.GetKey(), len(big.GetKey())+len(big.GetValue()))
 			}
 			t.fail(err)
 		}

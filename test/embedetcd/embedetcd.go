@@ -24,7 +24,11 @@ type Etcd struct {
 }
 
 // Start starts etcd with its data in dir and waits until it serves.
-func Start(dir string) (*Etcd, error) {
+func Start(dir string) (*Etcd, error) { return StartWith(dir, nil) }
+
+// StartWith is Start with the configuration adjusted by tune (a larger request limit, a
+// small quota), when not nil.
+func StartWith(dir string, tune func(*embed.Config)) (*Etcd, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = "default"
 	cfg.Dir = dir
@@ -45,6 +49,9 @@ func Start(dir string) (*Etcd, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if tune != nil {
+		tune(cfg)
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
