@@ -76,6 +76,19 @@ func DeleteSnapshots(ctx context.Context, c Clients, vols []bundle.Volume, o Del
 	if err := waitGone(wctx, listWatch(capi.List, capi.Watch, LabelRun+"="+run), &snapv1.VolumeSnapshotContent{}, keys); err != nil {
 		return fmt.Errorf("the driver did not confirm deleting the storage snapshots within %v: %w (see kubectl get volumesnapshotcontents -l %s=%s)", o.Timeout, err, LabelRun, run)
 	}
+	// The temporary VolumeSnapshots go only once the snapshot controller has removed their
+	// finalizers, after their contents: return when nothing of this run is left.
+	byNS := map[string][]string{}
+	for _, p := range plans {
+		byNS[p.ns] = append(byNS[p.ns], p.ns+"/"+p.vs)
+	}
+	for ns, vsKeys := range byNS {
+		vapi := c.Snapshots.SnapshotV1().VolumeSnapshots(ns)
+		if err := waitGone(wctx, listWatch(vapi.List, vapi.Watch, LabelRun+"="+run), &snapv1.VolumeSnapshot{}, vsKeys); err != nil {
+			return fmt.Errorf("the storage snapshots are deleted, but the temporary VolumeSnapshots in %s were not gone within %v: %w (see kubectl get volumesnapshots -n %s -l %s=%s)",
+				ns, o.Timeout, err, ns, LabelRun, run)
+		}
+	}
 	for _, p := range plans {
 		slog.Info("storage snapshot deleted", "handle", p.handle, "driver", p.vol.Driver, "pvc", p.vol.Namespace+"/"+p.vol.PVC)
 	}
