@@ -263,10 +263,6 @@ func TestVolumesFailures(t *testing.T) {
 	if took < timeout {
 		t.Fatalf("returned after %v, before the %v timeout", took, timeout)
 	}
-	// The timeout bounds the wait; cleanup (at most 30 s for a short timeout) follows.
-	if took > timeout+30*time.Second {
-		t.Fatalf("took %v for a %v timeout", took, timeout)
-	}
 	noTemporaries(t, ctx, c, "vc-slow")
 	// Both storage snapshots of the failed run are deleted again, the pending one too.
 	if got := snapshotTars(t, h); len(got) != len(tarsBefore) {

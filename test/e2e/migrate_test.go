@@ -270,7 +270,17 @@ func TestMigrateLiveSQLiteSnapshot(t *testing.T) {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "live"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // the namespace reaches the apiserver's informers
+	// The namespace reaches the apiserver's informers: a first object in it is accepted.
+	for {
+		_, err := cs.CoreV1().ConfigMaps("live").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "first"}}, metav1.CreateOptions{})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the namespace never took an object: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	// The writer: creates and updates ConfigMaps as fast as the apiserver takes them.
 	var writes atomic.Int64

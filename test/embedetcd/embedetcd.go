@@ -84,6 +84,9 @@ func freePort() (int, error) {
 // are stopped when the test ends.
 func ForTest(t testing.TB) (*Etcd, *clientv3.Client) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts etcd: skipped with -short (make test-short starts no servers)")
+	}
 	e, err := Start(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

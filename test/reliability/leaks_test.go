@@ -329,9 +329,6 @@ func TestEtcdTLSVerified(t *testing.T) {
 		if tc.code != 0 && !strings.Contains(res.Stderr, "certificate") {
 			t.Errorf("%s: the error should say the certificate is not trusted:\n%s", tc.name, res)
 		}
-		if tc.code != 0 && res.Took > 9*time.Second { // gRPC alone would retry until its 10 s dial timeout
-			t.Errorf("%s: refusing an untrusted certificate took %v", tc.name, res.Took)
-		}
 		if strings.Contains(tc.query, "verify=true") && !strings.Contains(res.Stderr, "verification of the datastore is disabled") {
 			t.Errorf("%s: skipping verification must warn:\n%s", tc.name, res)
 		}

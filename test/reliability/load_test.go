@@ -42,7 +42,7 @@ func TestConsistencyUnderLoad(t *testing.T) {
 	src := "etcd://" + hostPort(v.Etcd.Endpoint)
 	var minRate float64 = 1e9
 	var keysTotal int
-	// A run whose writers fall short of 200 objects/s (a machine busy with other work) is
+	// A run during which fewer than 100 writes landed (a machine busy with other work) is
 	// repeated, up to 3 times in all per run; the rate is measured, never assumed.
 	short := 0
 	for run, attempt := 0, 0; run < runs; attempt++ {
@@ -101,12 +101,14 @@ func TestConsistencyUnderLoad(t *testing.T) {
 		rev := cr.Manifest.Revision
 		t.Logf("run %d (attempt %d): %d writes through the apiserver during the %v snapshot (%.0f objects/s, %d refused), bundle revision %d, %d keys",
 			run, attempt, w1-w0, dt.Round(time.Millisecond), rate, failures.Load(), rev, cr.Manifest.Keys)
-		if rate < 200 {
+		// The point is writes racing the snapshot's read: a run during which too few
+		// landed proves little, so it is taken again (a count, not a speed).
+		if w1-w0 < 100 {
 			short++
 			if short >= 3*runs || attempt-run >= 2 {
-				t.Fatalf("run %d: only %.0f objects/s were written during the snapshot, 3 times; the suite needs at least 200 (machine too busy?)", run, rate)
+				t.Fatalf("run %d: only %d writes landed during the snapshot, 3 times; the suite needs at least 100", run, w1-w0)
 			}
-			t.Logf("run %d: only %.0f objects/s during the snapshot; taking it again", run, rate)
+			t.Logf("run %d: only %d writes during the snapshot; taking it again", run, w1-w0)
 			continue
 		}
 		minRate = min(minRate, rate)
@@ -128,5 +130,5 @@ func TestConsistencyUnderLoad(t *testing.T) {
 		run++
 	}
 	report(t, "Consistency under load (etcd behind a real kube-apiserver, 16 writers)", runs,
-		fmt.Sprintf("at least %.0f objects/s written during each snapshot (%d slower runs repeated); restored state equal to the revision-pinned source read, exactly (%d keys compared)", minRate, short, keysTotal))
+		fmt.Sprintf("at least %.0f objects/s written during each snapshot (%d runs with too few writes during the snapshot repeated); restored state equal to the revision-pinned source read, exactly (%d keys compared)", minRate, short, keysTotal))
 }
