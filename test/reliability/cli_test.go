@@ -40,8 +40,9 @@ func (c *cli) measureRSS(t *testing.T) {
 
 func newCLI(t *testing.T, env ...string) *cli {
 	t.Helper()
+	rig.RequireIntegration(t) // runs vcsnap and servers: not under -short
 	if vcsnapBin == "" {
-		t.Fatal("vcsnap binary not built (TestMain skips the build under -short)")
+		t.Fatal("vcsnap binary not built")
 	}
 	home := t.TempDir()
 	return &cli{env: append([]string{
