@@ -151,9 +151,14 @@ func TestChartAppliesWithLeastPrivilege(t *testing.T) {
 		{"create", "pods", false},
 		{"get", "statefulsets.apps", false},
 	} {
+		// kubectl auth can-i exits 1 for "no": its answer, not its exit code, says which;
+		// anything but yes or no is kubectl failing, and fails the row.
 		out, _ := run(t, kubectl, kc, "auth", "can-i", c.verb, c.resource, "-n", "team-a", sa)
-		got := strings.TrimSpace(out) == "yes"
-		if got != c.allowed {
+		answer := strings.TrimSpace(out)
+		if answer != "yes" && answer != "no" {
+			t.Fatalf("kubectl auth can-i %s %s failed: %q", c.verb, c.resource, answer)
+		}
+		if got := answer == "yes"; got != c.allowed {
 			t.Errorf("can-i %s %s = %q, want allowed=%v", c.verb, c.resource, strings.TrimSpace(out), c.allowed)
 		}
 	}
@@ -190,7 +195,7 @@ func TestChartAppliesWithLeastPrivilege(t *testing.T) {
 	}
 
 	// Nothing at all in other namespaces.
-	if out, _ := run(t, kubectl, kc, "auth", "can-i", "create", "events", "-n", "default", sa); strings.TrimSpace(out) != "no" {
+	if out, _ := run(t, kubectl, kc, "auth", "can-i", "create", "events", "-n", "default", sa); strings.TrimSpace(out) != "no" { // "no", not an error
 		t.Errorf("can-i create events in another namespace = %q", out)
 	}
 }
