@@ -3,8 +3,6 @@ package datastore
 import (
 	"context"
 	"time"
-
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // Change is one write in a datastore's history: a key's new value, or its deletion.
@@ -12,9 +10,9 @@ type Change struct {
 	// Delete marks a deletion; then only KV.Key and KV.ModRevision (the revision of the
 	// deletion) are set.
 	Delete bool
-	KV     bundle.KeyValue
+	KV     KeyValue
 	// Lease is the put's lease as captured (TTL left now), when KV.Lease is not 0.
-	Lease bundle.Lease
+	Lease Lease
 }
 
 // DeliverFunc receives a ChangeSource's stream: the changes of whole revisions, in

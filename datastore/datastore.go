@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // Errors that callers map to exit codes.
@@ -46,9 +44,9 @@ func (b badURL) Unwrap() error      { return b.error }
 // during the call.
 type Emitter interface {
 	// Lease is called once per lease, before the first key that refers to it.
-	Lease(bundle.Lease) error
+	Lease(Lease) error
 	// Put is called for every live key, in ascending key order.
-	Put(*bundle.KeyValue) error
+	Put(*KeyValue) error
 }
 
 // Source reads one consistent view of a datastore.
@@ -105,8 +103,8 @@ type Target interface {
 	Prepare(ctx context.Context, opts PrepareOptions) (TargetState, error)
 	// Begin starts writing: with Force it removes the target's existing keys first.
 	Begin(ctx context.Context) error
-	Lease(ctx context.Context, l bundle.Lease) error
-	Put(ctx context.Context, kv *bundle.KeyValue) error
+	Lease(ctx context.Context, l Lease) error
+	Put(ctx context.Context, kv *KeyValue) error
 	// Commit flushes every write, raises the revision above the snapshot's and the
 	// target's previous revision, compacts, and returns the final revision.
 	Commit(ctx context.Context) (int64, error)

@@ -18,7 +18,6 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/etcddir"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/rig"
 )
 
@@ -35,12 +34,12 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 }
 
 type collector struct {
-	leases map[int64]bundle.Lease
-	kvs    []bundle.KeyValue
+	leases map[int64]datastore.Lease
+	kvs    []datastore.KeyValue
 }
 
-func (c *collector) Lease(l bundle.Lease) error { c.leases[l.ID] = l; return nil }
-func (c *collector) Put(kv *bundle.KeyValue) error {
+func (c *collector) Lease(l datastore.Lease) error { c.leases[l.ID] = l; return nil }
+func (c *collector) Put(kv *datastore.KeyValue) error {
 	cp := *kv
 	cp.Key = append([]byte(nil), kv.Key...)
 	cp.Value = append([]byte{}, kv.Value...)
@@ -52,12 +51,12 @@ func (c *collector) Put(kv *bundle.KeyValue) error {
 // as an etcd source does (random lease IDs, remaining TTL below the granted one), with
 // binary and empty values.
 func sample(n int) *collector {
-	c := &collector{leases: map[int64]bundle.Lease{
+	c := &collector{leases: map[int64]datastore.Lease{
 		3600:               {ID: 3600, TTL: 3600, GrantedTTL: 3600},
 		0x694d9a1b2c3d4e5f: {ID: 0x694d9a1b2c3d4e5f, TTL: 250, GrantedTTL: 600},
 	}}
 	for i := 0; i < n; i++ {
-		kv := bundle.KeyValue{Key: []byte(fmt.Sprintf("/registry/configmaps/ns-%d/cm-%05d", i%5, i)),
+		kv := datastore.KeyValue{Key: []byte(fmt.Sprintf("/registry/configmaps/ns-%d/cm-%05d", i%5, i)),
 			Value: bytes.Repeat([]byte{byte(i)}, i%3000), CreateRevision: int64(10 + i), ModRevision: int64(20 + 2*i), Version: int64(1 + i%4)}
 		switch i % 10 {
 		case 3:
@@ -189,7 +188,7 @@ func TestEtcdDirStartsWithEtcd35(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	back := &collector{leases: map[int64]bundle.Lease{}}
+	back := &collector{leases: map[int64]datastore.Lease{}}
 	rev, err := src.Read(ctxT(t, time.Minute), back)
 	src.Close()
 	if err != nil || rev < final+1 || len(back.kvs) != len(c.kvs)+1 {

@@ -15,7 +15,6 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/schema"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // Source reads an offline etcd data directory's database (member/snap/db) read-only:
@@ -165,7 +164,7 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 			if err := kv.Unmarshal(kb.Get(idx[k].rev)); err != nil {
 				return fmt.Errorf("key %q: %w", k, err)
 			}
-			rec := bundle.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
+			rec := datastore.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
 				Version: kv.Version, Lease: kv.Lease}
 			if rec.Value == nil {
 				rec.Value = []byte{}
@@ -179,7 +178,7 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 					if l.RemainingTTL > 0 {
 						ttl = l.RemainingTTL
 					}
-					if err := emit.Lease(bundle.Lease{ID: l.ID, TTL: ttl, GrantedTTL: l.TTL}); err != nil {
+					if err := emit.Lease(datastore.Lease{ID: l.ID, TTL: ttl, GrantedTTL: l.TTL}); err != nil {
 						return err
 					}
 					emitted[rec.Lease] = true

@@ -19,7 +19,6 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/internal/shell"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // A write transaction of the database is committed after this many bytes of records, so
@@ -185,7 +184,7 @@ func (t *Target) commitTx() error {
 
 // Lease writes the lease with its granted TTL and the remaining TTL as the time left,
 // as etcd's lease checkpoints keep it.
-func (t *Target) Lease(ctx context.Context, l bundle.Lease) error {
+func (t *Target) Lease(ctx context.Context, l datastore.Lease) error {
 	tx, err := t.begin()
 	if err != nil {
 		return err
@@ -204,7 +203,7 @@ func (t *Target) Lease(ctx context.Context, l bundle.Lease) error {
 
 // Put writes the key at the next revision. Revisions increase with the keys (which come in
 // key order), so the key bucket is appended to, never split.
-func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
+func (t *Target) Put(ctx context.Context, kv *datastore.KeyValue) error {
 	if datastore.IsEtcdBookkeeping(kv.Key) {
 		return nil // compaction markers of the source: the restore marks its own
 	}

@@ -13,7 +13,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // leaseRefresh is how long a lease's captured TTL is trusted before it is asked again
@@ -21,7 +20,7 @@ import (
 const leaseRefresh = time.Minute
 
 type cachedLease struct {
-	l  bundle.Lease
+	l  datastore.Lease
 	at time.Time
 }
 
@@ -77,11 +76,11 @@ func (s *Source) Follow(ctx context.Context, after int64, progressEvery time.Dur
 				if s.skip(kv.Key) {
 					continue
 				}
-				c := datastore.Change{KV: bundle.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}}
+				c := datastore.Change{KV: datastore.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}}
 				if ev.Type == mvccpb.DELETE {
 					c.Delete = true
 				} else {
-					c.KV = bundle.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
+					c.KV = datastore.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
 						ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease}
 					if c.KV.Value == nil {
 						c.KV.Value = []byte{}
@@ -111,7 +110,7 @@ func (s *Source) skip(key []byte) bool {
 	return datastore.IsEtcdBookkeeping(key)
 }
 
-func (s *Source) followLease(ctx context.Context, cache map[int64]cachedLease, id int64) (bundle.Lease, error) {
+func (s *Source) followLease(ctx context.Context, cache map[int64]cachedLease, id int64) (datastore.Lease, error) {
 	now := time.Now()
 	if c, ok := cache[id]; ok && now.Sub(c.at) < leaseRefresh {
 		l := c.l

@@ -11,7 +11,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // Source reads every key of an etcd v3 endpoint at one pinned revision, in pages.
@@ -117,7 +116,7 @@ func (s *Source) Read(ctx context.Context, emit datastore.Emitter) (int64, error
 				}
 				leases[kv.Lease] = true
 			}
-			rec := bundle.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
+			rec := datastore.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
 				ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease}
 			if err := emit.Put(&rec); err != nil {
 				return 0, err
@@ -218,18 +217,18 @@ func pageEnd(key string, depth int, end string) string {
 
 // lease captures a lease's remaining TTL. kine has no TimeToLive: its lease ID is the TTL
 // in seconds, which is what it re-arms after a restart too.
-func (s *Source) lease(ctx context.Context, id int64) (bundle.Lease, error) {
+func (s *Source) lease(ctx context.Context, id int64) (datastore.Lease, error) {
 	if s.kine {
-		return bundle.Lease{ID: id, TTL: id, GrantedTTL: id}, nil
+		return datastore.Lease{ID: id, TTL: id, GrantedTTL: id}, nil
 	}
 	resp, err := s.cli.TimeToLive(ctx, clientv3.LeaseID(id))
 	if err != nil {
-		return bundle.Lease{}, fmt.Errorf("lease %x: %w", id, err)
+		return datastore.Lease{}, fmt.Errorf("lease %x: %w", id, err)
 	}
 	ttl := resp.TTL
 	if ttl < 0 {
 		// Expired since the pinned revision: the key is about to go; keep it short-lived.
 		ttl = 0
 	}
-	return bundle.Lease{ID: id, TTL: ttl, GrantedTTL: resp.GrantedTTL}, nil
+	return datastore.Lease{ID: id, TTL: ttl, GrantedTTL: resp.GrantedTTL}, nil
 }

@@ -9,15 +9,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/etcdv3"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/embedetcd"
 )
 
 type collect struct{ keys [][]byte }
 
-func (c *collect) Lease(bundle.Lease) error { return nil }
-func (c *collect) Put(kv *bundle.KeyValue) error {
+func (c *collect) Lease(datastore.Lease) error { return nil }
+func (c *collect) Put(kv *datastore.KeyValue) error {
 	c.keys = append(c.keys, bytes.Clone(kv.Key))
 	return nil
 }

@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // etcd's defaults: at most 128 operations and 1.5 MiB per request. Batches stay well under.
@@ -244,7 +243,7 @@ func (t *Target) failed() error {
 	return t.err
 }
 
-func (t *Target) Lease(ctx context.Context, l bundle.Lease) error {
+func (t *Target) Lease(ctx context.Context, l datastore.Lease) error {
 	ttl := max(l.TTL, 1)
 	resp, err := t.cli.Grant(ctx, ttl)
 	if err != nil {
@@ -278,7 +277,7 @@ func (t *Target) endKeepAlives() {
 	}
 }
 
-func (t *Target) Put(ctx context.Context, kv *bundle.KeyValue) error {
+func (t *Target) Put(ctx context.Context, kv *datastore.KeyValue) error {
 	if err := t.failed(); err != nil {
 		return err
 	}

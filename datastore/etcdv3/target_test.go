@@ -10,7 +10,6 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/etcdv3"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/embedetcd"
 )
 
@@ -37,7 +36,7 @@ func TestRevisionRaisedBeforeKeys(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i := range 3 {
-				kv := bundle.KeyValue{Key: []byte(fmt.Sprintf("/registry/k%d", i)), Value: []byte("v")}
+				kv := datastore.KeyValue{Key: []byte(fmt.Sprintf("/registry/k%d", i)), Value: []byte("v")}
 				if err := tgt.Put(ctx, &kv); err != nil {
 					t.Fatal(err)
 				}
@@ -84,10 +83,10 @@ func TestShortLeaseSurvivesALongRestore(t *testing.T) {
 	if err := tgt.Begin(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := tgt.Lease(ctx, bundle.Lease{ID: 9, TTL: 1, GrantedTTL: 60}); err != nil {
+	if err := tgt.Lease(ctx, datastore.Lease{ID: 9, TTL: 1, GrantedTTL: 60}); err != nil {
 		t.Fatal(err)
 	}
-	first := bundle.KeyValue{Key: []byte("/registry/events/a/1"), Value: []byte("e1"), Lease: 9}
+	first := datastore.KeyValue{Key: []byte("/registry/events/a/1"), Value: []byte("e1"), Lease: 9}
 	if err := tgt.Put(ctx, &first); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +96,7 @@ func TestShortLeaseSurvivesALongRestore(t *testing.T) {
 	for time.Since(start) < 6*time.Second {
 		time.Sleep(100 * time.Millisecond)
 	}
-	last := bundle.KeyValue{Key: []byte("/registry/events/z/2"), Value: []byte("e2"), Lease: 9}
+	last := datastore.KeyValue{Key: []byte("/registry/events/z/2"), Value: []byte("e2"), Lease: 9}
 	if err := tgt.Put(ctx, &last); err != nil {
 		t.Fatal(err)
 	}

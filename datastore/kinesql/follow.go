@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 const (
@@ -142,14 +141,14 @@ func (s *Source) readRows(ctx context.Context, after int64, acceptGap bool) (cha
 		if datastore.IsBookkeeping(name) {
 			continue
 		}
-		c := datastore.Change{KV: bundle.KeyValue{Key: name, ModRevision: id.Int64}}
+		c := datastore.Change{KV: datastore.KeyValue{Key: name, ModRevision: id.Int64}}
 		if deleted.Int64 != 0 {
 			c.Delete = true
 			changes = append(changes, c)
 			continue
 		}
 		// As Read: kine keeps no per-key version (1 for the creating row, else 2).
-		c.KV = bundle.KeyValue{Key: name, Value: value, ModRevision: id.Int64, CreateRevision: createRev.Int64, Version: 2}
+		c.KV = datastore.KeyValue{Key: name, Value: value, ModRevision: id.Int64, CreateRevision: createRev.Int64, Version: 2}
 		if created.Int64 != 0 || c.KV.CreateRevision <= 0 || c.KV.CreateRevision > c.KV.ModRevision {
 			c.KV.CreateRevision, c.KV.Version = c.KV.ModRevision, 1
 		}
@@ -158,7 +157,7 @@ func (s *Source) readRows(ctx context.Context, after int64, acceptGap bool) (cha
 		}
 		if ttl := lease.Int64; ttl > 0 {
 			c.KV.Lease = ttl
-			c.Lease = bundle.Lease{ID: ttl, TTL: ttl, GrantedTTL: ttl}
+			c.Lease = datastore.Lease{ID: ttl, TTL: ttl, GrantedTTL: ttl}
 		}
 		changes = append(changes, c)
 	}

@@ -24,7 +24,6 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/kinesql"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/rig"
 )
 
@@ -47,13 +46,15 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 // collector keeps what a Source emits, checking the Emitter contract on the way.
 type collector struct {
 	t      *testing.T
-	leases map[int64]bundle.Lease
-	kvs    []bundle.KeyValue
+	leases map[int64]datastore.Lease
+	kvs    []datastore.KeyValue
 }
 
-func newCollector(t *testing.T) *collector { return &collector{t: t, leases: map[int64]bundle.Lease{}} }
+func newCollector(t *testing.T) *collector {
+	return &collector{t: t, leases: map[int64]datastore.Lease{}}
+}
 
-func (c *collector) Lease(l bundle.Lease) error {
+func (c *collector) Lease(l datastore.Lease) error {
 	if _, dup := c.leases[l.ID]; dup {
 		c.t.Errorf("lease %d emitted twice", l.ID)
 	}
@@ -61,7 +62,7 @@ func (c *collector) Lease(l bundle.Lease) error {
 	return nil
 }
 
-func (c *collector) Put(kv *bundle.KeyValue) error {
+func (c *collector) Put(kv *datastore.KeyValue) error {
 	if n := len(c.kvs); n > 0 && bytes.Compare(c.kvs[n-1].Key, kv.Key) >= 0 {
 		c.t.Errorf("key %q after %q: not in ascending order", kv.Key, c.kvs[n-1].Key)
 	}
@@ -77,8 +78,8 @@ func (c *collector) Put(kv *bundle.KeyValue) error {
 	return nil
 }
 
-func (c *collector) byKey() map[string]bundle.KeyValue {
-	m := map[string]bundle.KeyValue{}
+func (c *collector) byKey() map[string]datastore.KeyValue {
+	m := map[string]datastore.KeyValue{}
 	for _, kv := range c.kvs {
 		m[string(kv.Key)] = kv
 	}
@@ -147,22 +148,22 @@ func deleteKine(t *testing.T, cli *clientv3.Client, key string) int64 {
 }
 
 // kineView lists every key through kine at a revision.
-func kineView(t *testing.T, cli *clientv3.Client, rev int64) map[string]*bundle.KeyValue {
+func kineView(t *testing.T, cli *clientv3.Client, rev int64) map[string]*datastore.KeyValue {
 	t.Helper()
 	resp, err := cli.Get(ctxT(t, time.Minute), "/", clientv3.WithPrefix(), clientv3.WithRev(rev))
 	if err != nil {
 		t.Fatalf("list through kine at %d: %v", rev, err)
 	}
-	m := map[string]*bundle.KeyValue{}
+	m := map[string]*datastore.KeyValue{}
 	for _, kv := range resp.Kvs {
-		m[string(kv.Key)] = &bundle.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease}
+		m[string(kv.Key)] = &datastore.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease}
 	}
 	return m
 }
 
 // sameAsKine compares what the Source emitted with kine's own view: keys, values, mod and
 // create revisions, and leases (kine's lease is its TTL).
-func sameAsKine(t *testing.T, got *collector, want map[string]*bundle.KeyValue) {
+func sameAsKine(t *testing.T, got *collector, want map[string]*datastore.KeyValue) {
 	t.Helper()
 	g := got.byKey()
 	if len(g) != len(want) {
@@ -278,7 +279,7 @@ func TestSQLiteSourceAgainstKine(t *testing.T) {
 
 // checkOffline reads path twice and checks the result and that the files did not change
 // and no file appeared in the directory.
-func checkOffline(t *testing.T, path string, rev int64, want map[string]*bundle.KeyValue, files ...string) {
+func checkOffline(t *testing.T, path string, rev int64, want map[string]*datastore.KeyValue, files ...string) {
 	t.Helper()
 	var before []fileState
 	for _, f := range files {
@@ -444,7 +445,7 @@ func TestSQLiteReplaceKeepsOld(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.db")
 	c := newCollector(t)
-	c.kvs = []bundle.KeyValue{{Key: []byte("/registry/a"), Value: []byte("1"), CreateRevision: 5, ModRevision: 7, Version: 2}}
+	c.kvs = []datastore.KeyValue{{Key: []byte("/registry/a"), Value: []byte("1"), CreateRevision: 5, ModRevision: 7, Version: 2}}
 	cfg, _ := kinesql.ParseURL("sqlite://"+path, "")
 	tg, _ := kinesql.OpenSQLiteTarget(ctxT(t, time.Minute), cfg)
 	_, rev1 := restoreInto(t, tg, c, datastore.PrepareOptions{SnapshotRevision: 10, BumpRevision: 100})
@@ -644,7 +645,7 @@ type touchingEmitter struct {
 	n    int
 }
 
-func (e *touchingEmitter) Put(kv *bundle.KeyValue) error {
+func (e *touchingEmitter) Put(kv *datastore.KeyValue) error {
 	if e.n++; e.n == 2 {
 		if err := os.Chtimes(e.path, time.Now().Add(time.Hour), time.Now().Add(time.Hour)); err != nil {
 			return err
@@ -659,7 +660,7 @@ func TestSQLiteOfflineChangedDuringRead(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	c := newCollector(t)
 	for i := 0; i < 5; i++ {
-		c.kvs = append(c.kvs, bundle.KeyValue{Key: []byte(fmt.Sprintf("/registry/k%d", i)), Value: []byte("v"), CreateRevision: 1, ModRevision: 1, Version: 1})
+		c.kvs = append(c.kvs, datastore.KeyValue{Key: []byte(fmt.Sprintf("/registry/k%d", i)), Value: []byte("v"), CreateRevision: 1, ModRevision: 1, Version: 1})
 	}
 	cfg, _ := kinesql.ParseURL("sqlite://"+path, "")
 	tg, _ := kinesql.OpenSQLiteTarget(ctxT(t, time.Minute), cfg)

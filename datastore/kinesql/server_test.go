@@ -10,7 +10,6 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/kinesql"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/rig"
 )
 
@@ -140,7 +139,7 @@ func TestServerSourceAndTarget(t *testing.T) {
 					}
 				}
 			}
-			bad := &bundle.KeyValue{Key: []byte("/registry/\xff\xfe"), Value: []byte("x"), ModRevision: 1, CreateRevision: 1, Version: 1}
+			bad := &datastore.KeyValue{Key: []byte("/registry/\xff\xfe"), Value: []byte("x"), ModRevision: 1, CreateRevision: 1, Version: 1}
 			err = tg.Put(ctx, bad)
 			if err == nil {
 				_, err = tg.Commit(ctx)

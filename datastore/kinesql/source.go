@@ -8,7 +8,6 @@ import (
 	"os"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // Source reads kine's table in one read transaction: a consistent view at the newest id.
@@ -224,7 +223,7 @@ func (s *Source) read(ctx context.Context, emit datastore.Emitter) (int64, error
 		if datastore.IsBookkeeping(name) {
 			continue
 		}
-		kv := bundle.KeyValue{Key: name, Value: value, ModRevision: id.Int64, CreateRevision: createRev.Int64, Version: 2}
+		kv := datastore.KeyValue{Key: name, Value: value, ModRevision: id.Int64, CreateRevision: createRev.Int64, Version: 2}
 		if created.Int64 != 0 || kv.CreateRevision <= 0 || kv.CreateRevision > kv.ModRevision {
 			kv.CreateRevision, kv.Version = kv.ModRevision, 1
 		}
@@ -234,7 +233,7 @@ func (s *Source) read(ctx context.Context, emit datastore.Emitter) (int64, error
 		if ttl := lease.Int64; ttl > 0 {
 			kv.Lease = ttl
 			if !leases[ttl] {
-				if err := emit.Lease(bundle.Lease{ID: ttl, TTL: ttl, GrantedTTL: ttl}); err != nil {
+				if err := emit.Lease(datastore.Lease{ID: ttl, TTL: ttl, GrantedTTL: ttl}); err != nil {
 					return 0, err
 				}
 				leases[ttl] = true

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // ServerTarget restores into kine's table on MySQL/MariaDB or PostgreSQL, in ONE
@@ -175,12 +174,12 @@ func (t *ServerTarget) Begin(ctx context.Context) error {
 	return nil
 }
 
-func (t *ServerTarget) Lease(ctx context.Context, l bundle.Lease) error {
+func (t *ServerTarget) Lease(ctx context.Context, l datastore.Lease) error {
 	t.w.lease(l)
 	return nil
 }
 
-func (t *ServerTarget) Put(ctx context.Context, kv *bundle.KeyValue) error {
+func (t *ServerTarget) Put(ctx context.Context, kv *datastore.KeyValue) error {
 	if err := t.w.put(ctx, kv); err != nil {
 		return t.explain(err)
 	}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/internal/shell"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // SQLiteTarget restores into a NEW kine state.db: it is built as a temporary file next to
@@ -148,12 +147,12 @@ func (t *SQLiteTarget) Begin(ctx context.Context) error {
 	return nil
 }
 
-func (t *SQLiteTarget) Lease(ctx context.Context, l bundle.Lease) error {
+func (t *SQLiteTarget) Lease(ctx context.Context, l datastore.Lease) error {
 	t.w.lease(l)
 	return nil
 }
 
-func (t *SQLiteTarget) Put(ctx context.Context, kv *bundle.KeyValue) error {
+func (t *SQLiteTarget) Put(ctx context.Context, kv *datastore.KeyValue) error {
 	if err := t.w.put(ctx, kv); err != nil {
 		return classify(t.cfg, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/vcsnap/vcsnap/datastore"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // Batches of rows per INSERT statement: few round trips, statements well under the
@@ -58,11 +57,11 @@ func newRowWriter(dialect string, tx *sql.Tx, plan revisionPlan) *rowWriter {
 
 // lease records a lease: kine's lease column is a TTL in seconds, re-armed when kine
 // starts; the lease's remaining TTL is the rule (as a restore into etcd re-grants it).
-func (w *rowWriter) lease(l bundle.Lease) {
+func (w *rowWriter) lease(l datastore.Lease) {
 	w.leases[l.ID] = max(l.TTL, 1)
 }
 
-func (w *rowWriter) put(ctx context.Context, kv *bundle.KeyValue) error {
+func (w *rowWriter) put(ctx context.Context, kv *datastore.KeyValue) error {
 	if datastore.IsBookkeeping(kv.Key) {
 		return nil // kine's own rows: the target gets its own compaction mark
 	}

@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/vcsnap/vcsnap/datastore"
 )
 
 // FormatVersion is the newest bundle format this package reads and the one it writes.
@@ -220,22 +222,12 @@ type Meta struct {
 	Extra  map[string]string `json:"extra,omitempty"`
 }
 
-// KeyValue is one live key as stored in the datastore.
-type KeyValue struct {
-	Key            []byte
-	Value          []byte
-	CreateRevision int64
-	ModRevision    int64
-	Version        int64
-	Lease          int64 // the source's lease ID; 0 means none
-}
-
-// Lease is a lease as captured: its ID in the source and the TTL left at capture time.
-type Lease struct {
-	ID         int64
-	TTL        int64 // seconds remaining when captured
-	GrantedTTL int64 // seconds the lease was granted with
-}
+// KeyValue and Lease are the datastore's records (package datastore defines them: the
+// bundle format is built on the datastores, never the other way round).
+type (
+	KeyValue = datastore.KeyValue
+	Lease    = datastore.Lease
+)
 
 // Delete is a key deleted at a revision (delta bundles only).
 type Delete struct {
