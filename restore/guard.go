@@ -136,6 +136,10 @@ func (g *Guard) Abort(ctx context.Context, t datastore.Target, forced bool, caus
 		"bundle", g.Saved.URL, "keys", g.Saved.Count, "cause", cause)
 	_, err := Restore(uctx, Options{Store: g.Saved.URL, Datastore: g.Datastore, DatastoreOptions: g.Options, Force: true, Keys: g.Keys})
 	if err != nil {
+		var inner *AbortError
+		if errors.As(err, &inner) {
+			err = inner.Cause // what stopped the put-back; its own undo is this one
+		}
 		e.UndoErr = err
 		return e
 	}

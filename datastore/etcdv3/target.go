@@ -157,7 +157,7 @@ func (t *Target) Begin(ctx context.Context) error {
 	}
 	began := time.Now()
 	if err := t.raiseRevision(ctx); err != nil {
-		return fmt.Errorf("raise the revision to %d: %w", t.want, err)
+		return fmt.Errorf("raise the revision to %d: %w", t.want, explainWriteError(err, nil))
 	}
 	slog.Debug("raised the target's revision", "from", t.state.Revision, "to", t.want, "took", time.Since(began))
 	wctx, cancel := context.WithCancel(ctx)
@@ -189,20 +189,31 @@ func (t *Target) writer(ctx context.Context) {
 			return rpctypes.Error(err)
 		})
 		if err != nil {
-			// etcd refuses a request over --max-request-bytes, or its gRPC server one over
-			// that plus its overhead allowance, before reading it.
-			if errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
-				// A key too large for one request is alone in its batch (see Put).
-				big := ops[0].GetRequestPut()
-				err = fmt.Errorf("%w: key %q (%d bytes with its value) is larger than the target etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): raise that limit on the target, or restore into SQLite or a SQL datastore, which take it",
-					err, big.GetKey(), len(big.GetKey())+len(big.GetValue()))
-			}
+			err = explainWriteError(err, ops)
 			t.fail(err)
 		}
 	}
 }
 
 var errAborted = errors.New("restore aborted")
+
+// explainWriteError says what a refused write means for the person restoring: a target
+// over its space quota, or a key too large for one request (ops is the refused batch).
+func explainWriteError(err error, ops []*etcdserverpb.RequestOp) error {
+	switch {
+	case errors.Is(err, rpctypes.ErrNoSpace):
+		return fmt.Errorf("%w: the target etcd is full (its space quota, --quota-backend-bytes, is reached) and refuses writes until an operator raises the quota or frees space (compact, defragment) and clears the alarm (etcdctl alarm disarm)", err)
+	// etcd refuses a request over --max-request-bytes, or its gRPC server one over that
+	// plus its overhead allowance, before reading it.
+	case len(ops) > 0 && (errors.Is(err, rpctypes.ErrRequestTooLarge) ||
+		(status.Code(err) == codes.ResourceExhausted && strings.Contains(err.Error(), "larger than max"))):
+		// A key too large for one request is alone in its batch (see Put).
+		big := ops[0].GetRequestPut()
+		return fmt.Errorf("%w: key %q (%d bytes with its value) is larger than the target etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): raise that limit on the target, or restore into SQLite or a SQL datastore, which take it",
+			err, big.GetKey(), len(big.GetKey())+len(big.GetValue()))
+	}
+	return err
+}
 
 // writeTimeout bounds one write request.
 const writeTimeout = 2 * time.Minute
