@@ -356,6 +356,13 @@ func (s *S3Store) CheckWritable(ctx context.Context, name string) error {
 	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound {
 		return fmt.Errorf("bucket %q does not exist (create it, or check the bucket name and the region): %w", s.opts.Bucket, ErrNotFound)
 	}
+	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusForbidden {
+		// A HEAD answer has no body to tell rejected credentials from credentials that
+		// may write but not list (s3:ListBucket), as a write-only backup role may be: the
+		// upload itself says which.
+		slog.Warn("could not check the bucket before the snapshot (403): the credentials may lack s3:ListBucket; going on", "bucket", s.opts.Bucket)
+		return nil
+	}
 	if err != nil {
 		return s.mapErr(name, err)
 	}
