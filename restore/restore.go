@@ -92,6 +92,10 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A mistyped bundle URL is named as such before the target is even dialled.
+	if _, err := loc.Store.Stat(ctx, loc.Name); err != nil {
+		return nil, fmt.Errorf("the target was not touched: %w", err)
+	}
 	target, err := open.Target(ctx, o.Datastore, o.DatastoreOptions)
 	if err != nil {
 		return nil, err

@@ -273,6 +273,9 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 			"--encrypt-passphrase-file", pass, "file://" + dir + "/new"}, exitUsage, "not both"},
 		{[]string{"snapshot", "verify", "--identity-file", filepath.Join(dir, "missing"), "file://" + dir + "/bundle"}, exitUsage, "identity file"},
 		{[]string{"snapshot", "verify", "--identity-file", pub, "file://" + dir + "/bundle"}, exitNoKey, "AGE-SECRET-KEY-1"},
+		// A mistyped bundle is named before the (here unreachable) datastore is dialled.
+		{[]string{"restore", "--datastore", "etcd://127.0.0.1:1", "file://" + dir + "/bundel"}, exitNotFound, "object not found"},
+		{[]string{"restore", "--datastore", "etcd://127.0.0.1:1", "file://" + dir}, exitUsage, "is a directory"},
 	} {
 		r := vcsnap(t, nil, tc.args...)
 		if r.code != tc.code || !strings.Contains(r.stderr, tc.say) {
