@@ -34,11 +34,17 @@ import (
 //     MinIO recording the vcluster's name, versions and values;
 //   - objects are changed (a Service too), deleted (the Deployment too: the syncer
 //     removes the host pod) and added;
+//   - `vcsnap restore VC -n NS --dry-run` changes nothing; a restore whose engine
+//     image is missing pauses the control plane, fails and resumes it on its current
+//     state;
 //   - `vcsnap restore VC -n NS s3://...` pauses the StatefulSet, restores through a
 //     Job, resumes it; the vcluster is Ready again, its API (client-go) serves exactly
-//     the captured objects, and the syncer runs the Deployment's pod on the host again.
+//     the captured objects, the previous state is in a safety bundle, and the syncer
+//     runs the Deployment's pod on the host again (a new pod: the syncer deletes the
+//     restored virtual pod, whose host pod is gone, and its ReplicaSet makes another).
 //
-// It replaces the SQLite case of the stand-in's by-name test (TestVClusterByName).
+// It replaces the in-place SQLite restore of the stand-in's by-name test
+// (TestVClusterByName), which keeps what needs a stand-in.
 func TestRealVClusterSQLiteByName(t *testing.T) {
 	rig.RequireIntegration(t)
 	sw := newStopwatch(t)
@@ -129,26 +135,67 @@ func TestRealVClusterSQLiteByName(t *testing.T) {
 	must(nil, vcs.AppsV1().Deployments(ns).Delete(ctx, "web", metav1.DeleteOptions{PropagationPolicy: &fg}))
 	must(vcs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "after-snapshot"}}, metav1.CreateOptions{}))
 	waitHostPodsGone(t, ctx, hostCS, name, hostNS, ns)
-	if diff := diffCaptured(before, captureObjects(t, ctx, vcs, ns)); diff == "" {
+	mutated := captureObjects(t, ctx, vcs, ns)
+	if diff := diffCaptured(before, mutated); diff == "" {
 		t.Fatal("the changes did not change the captured objects")
 	}
 	sw.lap("change, delete, add")
+	running := func(when string) {
+		t.Helper()
+		sts, err := hostCS.AppsV1().StatefulSets(hostNS).Get(ctx, vc.StatefulSet, metav1.GetOptions{})
+		must(sts, err)
+		if _, paused := sts.Annotations[vcluster.PausedReplicasAnnotation]; paused || sts.Spec.Replicas == nil || *sts.Spec.Replicas != 1 {
+			t.Fatalf("%s: StatefulSet replicas %v, annotations %v; want 1, not paused", when, sts.Spec.Replicas, sts.Annotations)
+		}
+	}
+
+	// A dry run changes nothing.
+	res := r.cli.run(t, append(append([]string{"restore", name}, kube...), "--dry-run", store)...)
+	if res.Code != 0 || !strings.Contains(res.Stdout, "[dry-run] pause") || !strings.Contains(res.Stdout, "[dry-run] resume") ||
+		!strings.Contains(res.Stdout, vc.PVC) {
+		t.Fatalf("restore dry run: %s", res)
+	}
+	running("after the restore dry run")
+	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the restore dry run")
+	if diff := diffCaptured(mutated, captureObjects(t, ctx, vcs, ns)); diff != "" {
+		t.Fatalf("the restore dry run changed the virtual cluster:\n%s", diff)
+	}
+
+	// A restore whose engine cannot start pauses the real control plane, fails, and
+	// resumes it on its current state.
+	res = r.cli.run(t, append(append([]string{"restore", name}, kube...), "--image", "vcsnap:missing", "--image-pull-policy", "Never", store)...)
+	if res.Code == 0 || !strings.Contains(res.Stderr, "ErrImageNeverPull") || !strings.Contains(res.Stderr, "runs again on its previous state") {
+		t.Fatalf("restore with a missing engine image: %s; want a failure that resumed the virtual cluster", res)
+	}
+	running("after the failed restore")
+	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the failed restore")
+	vc.WaitReady(t, 3*time.Minute)
+	vcs = kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
+	if diff := diffCaptured(mutated, captureObjects(t, ctx, vcs, ns)); diff != "" {
+		t.Fatalf("the failed restore changed the virtual cluster:\n%s", diff)
+	}
+	sw.lap("dry run + failed restore")
 
 	// The restore.
 	var restored struct {
 		Restore *restore.Result `json:"restore"`
 	}
-	r.cli.mustJSON(t, &restored, append(append([]string{"restore", name}, kube...), store)...)
+	res = r.cli.mustJSON(t, &restored, append(append([]string{"restore", name}, kube...), store)...)
 	sw.lap("restore by name")
-	if rr := restored.Restore; rr == nil || rr.Revision <= rr.PreviousRevision {
-		t.Fatalf("restore result %+v: want the revision moved forward", rr)
+	if !strings.Contains(res.Stderr, "engine: ") || !strings.Contains(res.Stderr, "saved the target's current keys") {
+		t.Fatalf("the engine's log did not come back to the CLI:\n%s", res)
+	}
+	rr := restored.Restore
+	if rr == nil || rr.Revision <= rr.PreviousRevision || rr.SafetyBackup == "" {
+		t.Fatalf("restore result %+v: want the revision moved forward and a safety backup", rr)
+	}
+	var safety snapshot.VerifyResult
+	r.cli.mustJSON(t, &safety, "snapshot", "verify", rr.SafetyBackup)
+	if safety.Manifest.Keys < 50 || safety.Manifest.Source.Datastore != "kine-sqlite" {
+		t.Errorf("the safety backup holds %d keys of a %q datastore; want the replaced state", safety.Manifest.Keys, safety.Manifest.Source.Datastore)
 	}
 	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the restore")
-	sts, err := hostCS.AppsV1().StatefulSets(hostNS).Get(ctx, vc.StatefulSet, metav1.GetOptions{})
-	must(sts, err)
-	if _, paused := sts.Annotations[vcluster.PausedReplicasAnnotation]; paused || sts.Spec.Replicas == nil || *sts.Spec.Replicas != 1 {
-		t.Fatalf("after the restore: StatefulSet replicas %v, annotations %v; want 1, not paused", sts.Spec.Replicas, sts.Annotations)
-	}
+	running("after the restore")
 	vc.WaitReady(t, 3*time.Minute) // a new pod, a new IP
 	sw.lap("Ready again")
 	vcs = kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
