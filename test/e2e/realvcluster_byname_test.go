@@ -104,9 +104,10 @@ func TestRealVClusterSQLiteByName(t *testing.T) {
 	r.cli.mustJSON(t, &verified, "snapshot", "verify", store)
 	src := verified.Manifest.Source
 	if verified.Manifest.Keys != created.Manifest.Keys || verified.Manifest.Keys < 50 || src.Datastore != "kine-sqlite" ||
-		src.VClusterName != name || src.VClusterNamespace != hostNS || src.KubernetesVersion != rig.VClusterK8sTag {
-		t.Fatalf("bundle manifest: %d keys (create said %d), source %+v; want the kine-sqlite of %s/%s at %s",
-			verified.Manifest.Keys, created.Manifest.Keys, src, hostNS, name, rig.VClusterK8sTag)
+		src.VClusterName != name || src.VClusterNamespace != hostNS || src.KubernetesVersion != rig.VClusterK8sTag ||
+		src.VClusterVersion != rig.VClusterOSSTag || src.HostServiceCIDR != r.host.ServiceCIDR {
+		t.Fatalf("bundle manifest: %d keys (create said %d), source %+v; want the kine-sqlite of %s/%s, Kubernetes %s, vcluster %s, host range %s",
+			verified.Manifest.Keys, created.Manifest.Keys, src, hostNS, name, rig.VClusterK8sTag, rig.VClusterOSSTag, r.host.ServiceCIDR)
 	}
 	t.Logf("bundle: %d keys, revision %d, source %+v", verified.Manifest.Keys, verified.Manifest.Revision, src)
 	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the snapshot")
