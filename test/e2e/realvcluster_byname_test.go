@@ -156,6 +156,7 @@ func TestRealVClusterSQLiteByName(t *testing.T) {
 		!strings.Contains(res.Stdout, vc.PVC) {
 		t.Fatalf("restore dry run: %s", res)
 	}
+	t.Logf("restore plan:\n%s", res.Stdout)
 	running("after the restore dry run")
 	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the restore dry run")
 	if diff := diffCaptured(mutated, captureObjects(t, ctx, vcs, ns)); diff != "" {
