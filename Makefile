@@ -80,7 +80,7 @@ image:
 
 # Only the tests that run a real node (root: containerd, kubelet, a network namespace).
 test-node:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestNode|TestVClusterOnNode|TestVClusterByName' ./test/rig/ ./test/e2e/
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestNode|TestVClusterOnNode|TestVClusterByName|TestRealVCluster' ./test/rig/ ./test/e2e/
 
 # The point-in-time recovery proof (snapshot watch under load, kill -9, restores to recorded
 # points) with a longer load than make test's 30 s; prints the RPO it measured.

@@ -11,6 +11,8 @@ declare -A need=(
 	[sqlite3]=sqlite3
 	[zstd]=zstd
 	[/usr/bin/time]=time
+	# The real vcluster's Kubernetes image needs a static cp (test/image, vcluster-kubernetes).
+	[busybox]=busybox-static
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -31,6 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	service postgresql stop >/dev/null 2>&1 || true
 fi
 bash test/tools/build.sh
+# The real vcluster (TestRealVClusterSQLiteByName): not in build.sh's default set; a cold
+# build adds ~6 min on 2 cores, warm it is a stamp check.
+bash test/tools/build.sh vcluster vclusterctl vcluster-chart
 
 # The test node (test/rig/node.go) runs containerd, runc and the CNI plugins in a network
 # namespace (iproute2, util-linux's nsenter) and the kubelet needs iptables.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -322,15 +323,25 @@ func dataPVC(vc *VCluster, tmpl *corev1.PodTemplateSpec, claims []corev1.Persist
 	return ""
 }
 
-// vclusterVersion comes from the chart label (vcluster-0.20.0) or the syncer image tag.
+// vclusterVersion is the syncer image's tag when it is a version, as vcluster's own CLI
+// reads it (pkg/cli/find/find.go): it names what runs, while the chart label
+// (vcluster-0.20.0) names the chart, which can differ (an image pinned by tag, a chart
+// built from source says vcluster-0.0.1). Else the chart label, else the tag.
 func vclusterVersion(l map[string]string, image string) string {
+	tag := imageTag(image)
+	if versionTag.MatchString(tag) {
+		return tag
+	}
 	for _, k := range []string{"helm.sh/chart", "chart"} {
 		if v, ok := strings.CutPrefix(l[k], "vcluster-"); ok {
 			return v
 		}
 	}
-	return imageTag(image)
+	return tag
 }
+
+// versionTag matches an image tag that is a semantic version (0.30.0, v0.21.1-rc.1).
+var versionTag = regexp.MustCompile(`^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]*)?$`)
 
 func imageTag(image string) string {
 	image, _, _ = strings.Cut(image, "@")

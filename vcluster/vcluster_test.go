@@ -99,6 +99,26 @@ func fakeVCluster(values string, running bool) []runtime.Object {
 	return objs
 }
 
+func TestVClusterVersion(t *testing.T) {
+	for _, c := range []struct {
+		labels map[string]string
+		image  string
+		want   string
+	}{
+		{map[string]string{"chart": "vcluster-0.21.1"}, "loft-sh/vcluster-pro:0.21.1", "0.21.1"},
+		// The real v0.30.0 chart from the module zip says 0.0.1; the image says what runs.
+		{map[string]string{"chart": "vcluster-0.0.1"}, "vcsnap-rig-vcluster-oss:0.30.0", "0.30.0"},
+		{map[string]string{"helm.sh/chart": "vcluster-0.20.0"}, "registry:5000/loft-sh/vcluster:latest", "0.20.0"},
+		{map[string]string{"chart": "vcluster-0.20.0"}, "loft-sh/vcluster@sha256:0123", "0.20.0"},
+		{nil, "loft-sh/vcluster:dev", "dev"},
+		{nil, "loft-sh/vcluster:v0.21.0-rc.1", "v0.21.0-rc.1"},
+	} {
+		if got := vclusterVersion(c.labels, c.image); got != c.want {
+			t.Errorf("vclusterVersion(%v, %q) = %q, want %q", c.labels, c.image, got, c.want)
+		}
+	}
+}
+
 func TestDiscoverSQLite(t *testing.T) {
 	ctx := context.Background()
 	values := "controlPlane:\n  distro:\n    k8s:\n      enabled: true\n      version: v1.32.2\nnetworking:\n  serviceCIDR: 10.96.0.0/16\n"

@@ -378,13 +378,16 @@ type nodeRig struct {
 	cli          *vcsnapCLI
 }
 
-// startNodeRig starts the host, the node with the vcsnap and vcluster images, and MinIO
-// exposed to pods, timing each step on sw.
-func startNodeRig(t *testing.T, sw *stopwatch, bucket string) *nodeRig {
+// startNodeRig starts the host, the node with the images (default: vcsnap and the
+// stand-in vcluster), and MinIO exposed to pods, timing each step on sw.
+func startNodeRig(t *testing.T, sw *stopwatch, bucket string, images ...string) *nodeRig {
 	t.Helper()
+	if len(images) == 0 {
+		images = []string{rig.ImageVCSnap, rig.ImageVCluster}
+	}
 	r := &nodeRig{host: rig.StartHost(t, rig.HostOptions{})}
 	sw.lap("start host")
-	r.node = rig.StartNode(t, r.host, rig.NodeOptions{Images: []string{rig.ImageVCSnap, rig.ImageVCluster}})
+	r.node = rig.StartNode(t, r.host, rig.NodeOptions{Images: images})
 	sw.lap("start node (images, Ready)")
 	r.minio = rig.StartMinIO(t)
 	r.bucket = newBucket(t, r.minio, bucket)
@@ -396,4 +399,14 @@ func startNodeRig(t *testing.T, sw *stopwatch, bucket string) *nodeRig {
 	r.cli = newCLI(t, r.minio)
 	sw.lap("start MinIO")
 	return r
+}
+
+// podStoreURL is the store URL of key with MinIO at the node's veth address, where the
+// test's CLI and the engine Job's pod both reach it.
+func (r *nodeRig) podStoreURL(key string) string {
+	q := url.Values{}
+	q.Set("endpoint", "http://"+r.minioForPods)
+	q.Set("force-path-style", "true")
+	q.Set("region", r.minio.Region)
+	return "s3://" + r.bucket.bucket + "/" + key + "?" + q.Encode()
 }

@@ -5,13 +5,22 @@
 //	image -o bin/vcsnap-image.tar vcsnap      vcsnap's own image (make image)
 //	image -o pause.tar pause                  the test node's sandbox (pause) image
 //	image -o vcluster.tar vcluster            the test rig's virtual-cluster control plane
+//	image -o k.tar vcluster-kubernetes        the real vcluster's distro image (init container)
+//	image -o oss.tar vcluster-oss             the real vcluster's control-plane image
 //
 // Every image is one layer on an empty base. vcsnap is a static binary
 // (CGO_ENABLED=0) at /vcsnap, run as user 65532. The pause image is a tiny
 // static program that waits for SIGTERM. The vcluster image holds kine,
 // kube-apiserver, kube-controller-manager and etcd from the tools cache (with
 // the shared libraries they link, copied from this machine) and a static
-// entrypoint at /vcluster that starts them from a vcluster config file.
+// entrypoint at /vcluster that starts them from a vcluster config file (the
+// stand-in). The two vcluster-* kinds are the images the real vcluster v0.30.0
+// chart runs: vcluster-kubernetes holds kube-apiserver, kube-controller-manager
+// and kube-scheduler under /kubernetes and a static cp (busybox), which the
+// chart's init container runs to copy them to /binaries; vcluster-oss holds the
+// real control plane /vcluster (entrypoint `/vcluster start`), kine and helm
+// under /usr/local/bin, and the shared libraries of every one of those
+// binaries (the kube binaries run in it, from /binaries).
 //
 // Import a tarball into containerd with `ctr -n k8s.io images import FILE`;
 // Pods then use the short reference with imagePullPolicy: Never.
@@ -38,6 +47,10 @@ const (
 	DefaultVCSnapRef   = "vcsnap:dev"
 	DefaultPauseRef    = "vcsnap-rig-pause:1"
 	DefaultVClusterRef = "vcsnap-rig-vcluster:v1.32.2"
+	// The real vcluster's images. The tag of the control-plane image is the
+	// vcluster version: vcluster's CLI reads it from there.
+	DefaultVClusterK8sRef = "vcsnap-rig-kubernetes:v1.32.2"
+	DefaultVClusterOSSRef = "vcsnap-rig-vcluster-oss:0.30.0"
 )
 
 // NonRootUID is the user vcsnap's image runs as (the distroless "nonroot" user).
@@ -63,7 +76,7 @@ func main() {
 	flag.StringVar(&o.root, "root", "", "vcsnap module root (default: found above the working directory)")
 	flag.StringVar(&o.tools, "tools", "", "tools bin directory for the vcluster image (default $VCSNAP_TOOLS_DIR/bin or ~/.cache/vcsnap-tools/bin)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: image -o FILE [flags] vcsnap|pause|vcluster\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: image -o FILE [flags] vcsnap|pause|vcluster|vcluster-kubernetes|vcluster-oss\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -112,8 +125,12 @@ func run(o options) error {
 		im, err = pauseImage(o, tmp)
 	case "vcluster":
 		im, err = vclusterImage(o, tmp)
+	case "vcluster-kubernetes":
+		im, err = vclusterK8sImage(o)
+	case "vcluster-oss":
+		im, err = vclusterOSSImage(o)
 	default:
-		return fmt.Errorf("%w: unknown image kind %q (want vcsnap, pause or vcluster)", errUsage, o.kind)
+		return fmt.Errorf("%w: unknown image kind %q (want vcsnap, pause, vcluster, vcluster-kubernetes or vcluster-oss)", errUsage, o.kind)
 	}
 	if err != nil {
 		return err
@@ -223,6 +240,117 @@ func vclusterImage(o options, tmp string) (*image, error) {
 			"org.opencontainers.image.title":       "vcsnap test rig virtual cluster",
 			"org.opencontainers.image.description": "kine, kube-apiserver, kube-controller-manager and etcd with a vcluster-style entrypoint",
 			"org.opencontainers.image.version":     "v1.32.2",
+		},
+	}}, nil
+}
+
+// realKubeTools are the Kubernetes binaries of the real vcluster's distro image.
+var realKubeTools = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+// addToolWithLibs adds a tool from the tools dir at inImage, with the shared
+// libraries it links (when withLibs).
+func addToolWithLibs(l *layerSpec, tools, tool, inImage string, withLibs bool) error {
+	src := filepath.Join(tools, tool)
+	if _, err := os.Stat(src); err != nil {
+		return fmt.Errorf("tool %s: %w (run test/tools/build.sh)", tool, err)
+	}
+	l.file(inImage, src, 0o755)
+	if !withLibs {
+		return nil
+	}
+	libs, err := sharedLibraries(src)
+	if err != nil {
+		return err
+	}
+	for in, host := range libs {
+		l.file(in, host, 0o755)
+	}
+	return nil
+}
+
+// staticBusybox finds a statically linked busybox (Debian: busybox-static).
+func staticBusybox() (string, error) {
+	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if err := requireStatic(p); err != nil {
+			return "", fmt.Errorf("%w (apt-get install busybox-static)", err)
+		}
+		return p, nil
+	}
+	return "", errors.New("busybox not found (apt-get install busybox-static)")
+}
+
+// vclusterK8sImage is the real vcluster's distro image: the chart's init container
+// runs `cp -r /kubernetes/. /binaries/` in it. The binaries run in the
+// control-plane image, which carries their libraries.
+func vclusterK8sImage(o options) (*image, error) {
+	if o.ref == "" {
+		o.ref = DefaultVClusterK8sRef
+	}
+	if o.tools == "" {
+		o.tools = defaultToolsBin()
+	}
+	bb, err := staticBusybox()
+	if err != nil {
+		return nil, err
+	}
+	l := newLayer(o.created)
+	l.file("/bin/busybox", bb, 0o755)
+	l.file("/bin/cp", bb, 0o755) // busybox picks the applet from its name
+	l.file("/bin/sh", bb, 0o755)
+	for _, tool := range realKubeTools {
+		if err := addToolWithLibs(l, o.tools, tool, "/kubernetes/"+tool, false); err != nil {
+			return nil, err
+		}
+	}
+	return &image{ref: o.ref, layer: l, created: o.created, config: v1.Config{
+		Env:        []string{"PATH=/bin"},
+		WorkingDir: "/",
+		Labels: map[string]string{
+			"org.opencontainers.image.title":   "vcsnap test rig: Kubernetes binaries for the real vcluster",
+			"org.opencontainers.image.version": "v1.32.2",
+		},
+	}}, nil
+}
+
+// vclusterOSSImage is the real vcluster's control-plane image: /vcluster (the
+// syncer, static), kine and helm, and the libraries of those and of the
+// Kubernetes binaries the init container copies into /binaries.
+func vclusterOSSImage(o options) (*image, error) {
+	if o.ref == "" {
+		o.ref = DefaultVClusterOSSRef
+	}
+	if o.tools == "" {
+		o.tools = defaultToolsBin()
+	}
+	l := newLayer(o.created)
+	baseFiles(l)
+	if err := addToolWithLibs(l, o.tools, "vcluster", "/vcluster", true); err != nil {
+		return nil, err
+	}
+	for _, tool := range []string{"kine", "helm"} {
+		if err := addToolWithLibs(l, o.tools, tool, "/usr/local/bin/"+tool, true); err != nil {
+			return nil, err
+		}
+	}
+	for _, tool := range realKubeTools {
+		libs, err := sharedLibraries(filepath.Join(o.tools, tool))
+		if err != nil {
+			return nil, fmt.Errorf("tool %s: %w", tool, err)
+		}
+		for in, host := range libs {
+			l.file(in, host, 0o755)
+		}
+	}
+	return &image{ref: o.ref, layer: l, created: o.created, config: v1.Config{
+		Entrypoint: []string{"/vcluster", "start"},
+		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin:/binaries"},
+		WorkingDir: "/",
+		Labels: map[string]string{
+			"org.opencontainers.image.title":   "vcsnap test rig: the real vcluster's control plane",
+			"org.opencontainers.image.version": "0.30.0",
 		},
 	}}, nil
 }

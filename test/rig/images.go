@@ -18,7 +18,10 @@ import (
 const (
 	ImageVCSnap   = "vcsnap"   // vcsnap's own static image (make image)
 	ImagePause    = "pause"    // the node's sandbox image
-	ImageVCluster = "vcluster" // kine + kube-apiserver + kube-controller-manager + etcd, vcluster-style entrypoint
+	ImageVCluster = "vcluster" // kine + kube-apiserver + kube-controller-manager + etcd, vcluster-style entrypoint (the stand-in)
+	// The real vcluster v0.30.0's two images (InstallRealVCluster).
+	ImageVClusterK8s = "vcluster-kubernetes" // /kubernetes/kube-* and a static cp, for the chart's init container
+	ImageVClusterOSS = "vcluster-oss"        // /vcluster (start), kine, helm
 )
 
 // Image references of the kinds above (test/image's defaults).
@@ -26,6 +29,11 @@ const (
 	VCSnapImageRef   = "vcsnap:dev"
 	PauseImageRef    = "vcsnap-rig-pause:1"
 	VClusterImageRef = "vcsnap-rig-vcluster:v1.32.2"
+	// Repositories and tags of the real vcluster's images (the chart's values take them apart).
+	VClusterK8sRepo = "vcsnap-rig-kubernetes"
+	VClusterK8sTag  = "v1.32.2"
+	VClusterOSSRepo = "vcsnap-rig-vcluster-oss"
+	VClusterOSSTag  = "0.30.0" // vcluster's CLI reads the vcluster version from this tag
 )
 
 // ImageRef is the reference of an image kind.
@@ -37,6 +45,10 @@ func ImageRef(kind string) string {
 		return PauseImageRef
 	case ImageVCluster:
 		return VClusterImageRef
+	case ImageVClusterK8s:
+		return VClusterK8sRepo + ":" + VClusterK8sTag
+	case ImageVClusterOSS:
+		return VClusterOSSRepo + ":" + VClusterOSSTag
 	}
 	return ""
 }
@@ -59,6 +71,19 @@ func ImageTarball(t testing.TB, kind string) string {
 	}
 	if kind == ImageVCluster {
 		for _, tool := range []string{"kine", "kube-apiserver", "kube-controller-manager", "etcd"} {
+			Tool(t, tool)
+		}
+	}
+	if kind == ImageVClusterK8s {
+		for _, tool := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+			Tool(t, tool)
+		}
+		if !isExecutable("/bin/busybox") && !isExecutable("/usr/bin/busybox") {
+			Missing(t, "a static busybox (apt-get install busybox-static) for the real vcluster's Kubernetes image")
+		}
+	}
+	if kind == ImageVClusterOSS {
+		for _, tool := range []string{"vcluster", "kine", "helm", "kube-apiserver"} {
 			Tool(t, tool)
 		}
 	}

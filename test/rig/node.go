@@ -233,6 +233,13 @@ func StartNode(t testing.TB, host *Host, o NodeOptions) *Node {
 	// The kubelet reaches the host apiserver (bound to 127.0.0.1) through a
 	// forwarder on the root end of the veth.
 	n.apiFwd = Forward(t, net.JoinHostPort(nn.HostIP, "0"), fmt.Sprintf("127.0.0.1:%d", host.APIServer.Port))
+	// In-cluster clients (the real vcluster's syncer, Jobs using a service
+	// account) dial the kubernetes Service's IP:443; the node runs no
+	// kube-proxy, so the node's namespace DNATs it to the forwarder (the
+	// pods' route to the service range is in the CNI config).
+	if err := nn.dnatKubernetesService(host.ServiceCIDR, n.apiFwd.Addr); err != nil {
+		t.Fatalf("node network: %v", err)
+	}
 	kubeconfig := filepath.Join(dir, "kubelet.kubeconfig")
 	n.writeKubeletKubeconfig(t, kubeconfig)
 	writeFile(t, filepath.Join(dir, "resolv.conf"), []byte("# vcsnap test node: no DNS\n"), 0o644)
@@ -448,12 +455,12 @@ func (n *Node) cniConfig() string {
     "ipam": {
       "type": "host-local",
       "ranges": [[{"subnet": %q, "gateway": %q}]],
-      "routes": [{"dst": %q}],
+      "routes": [{"dst": %q}, {"dst": %q}],
       "dataDir": %q
     }
   }]
 }
-`, n.net.PodCIDR, n.net.PodGW, n.net.LinkCIDR, filepath.Join(n.Dir, "cni", "ipam"))
+`, n.net.PodCIDR, n.net.PodGW, n.net.LinkCIDR, n.host.ServiceCIDR, filepath.Join(n.Dir, "cni", "ipam"))
 }
 
 func (n *Node) kubeletConfig() string {

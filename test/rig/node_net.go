@@ -20,7 +20,10 @@ import (
 //	  vsrXXXXXX 10.250.N.1/30  <== veth ==>  vsnXXXXXX 10.250.N.2/30   kubelet, containerd
 //	  route 10.251.N.0/24 via 10.250.N.2       cni0 10.251.N.1/24 (bridge plugin)
 //	  (forwarders, MinIO: on 10.250.N.1)         pods 10.251.N.x, routes only to
-//	                                             10.251.N.0/24 and 10.250.N.0/30
+//	                                             10.251.N.0/24, 10.250.N.0/30 and
+//	                                             the host's service range, whose
+//	                                             kubernetes Service IP:443 is
+//	                                             DNATed to the API forwarder
 //
 // Neither namespace gets a default route from the harness, the node
 // namespace has none at all, and the root namespace does not forward
@@ -148,6 +151,21 @@ func setupNodeNet(suffix string, undo func(string, func() error)) (*nodeNet, err
 		}
 	}
 	return n, nil
+}
+
+// dnatKubernetesService makes the host's kubernetes Service (the first address
+// of serviceCIDR, port 443) lead to apiAddr (host:port on the root end of the
+// veth) for the pods: a DNAT in the node's namespace, which goes away with it.
+func (n *nodeNet) dnatKubernetesService(serviceCIDR, apiAddr string) error {
+	svc := firstServiceIP(serviceCIDR)
+	if svc == nil || svc.To4() == nil {
+		return fmt.Errorf("service CIDR %q: want an IPv4 range", serviceCIDR)
+	}
+	ip := svc.String()
+	_, err := run("nsenter", "--net="+n.NSPath, "--", "iptables", "-w", "-t", "nat", "-A", "PREROUTING",
+		"-d", ip+"/32", "-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", apiAddr,
+		"-m", "comment", "--comment", "vcsnap rig: kubernetes Service to the host API")
+	return err
 }
 
 func linkExists(name string) bool {

@@ -9,6 +9,8 @@
 // plane: datastore + apiserver) and StartHost (a host cluster with working
 // CSI provisioning and VolumeSnapshots). FillRealistic, DumpAll and DiffDumps
 // fill a cluster through its API and compare its content before and after.
+// On a real node (StartNode): StartVClusterOnNode runs a vcluster-shaped
+// stand-in, InstallRealVCluster the real loft-sh/vcluster v0.30.0 from its chart.
 //
 // Environment:
 //   - VCSNAP_TOOLS_DIR: the tools cache built by `make tools`

@@ -5,7 +5,7 @@
 #   test/tools/build.sh [TOOL...]     # default: every tool except the extras
 #   test/tools/build.sh --list        # print tool names and pins
 #
-# Extras, built only when named (not part of the default set `make test` builds):
+# Extras, built only when named (test/setup.sh, and so `make test`, names them):
 #   test/tools/build.sh vcluster vclusterctl vcluster-chart
 #
 # Cache dir: ${VCSNAP_TOOLS_DIR:-$HOME/.cache/vcsnap-tools}
@@ -54,9 +54,9 @@ ALL_TOOLS=(
   crds
 )
 
-# Built only when named on the command line, never by default: `make test`
-# builds the default set, and a cold vcluster build adds ~6 min on 2 cores
-# (about 8 CPU-minutes, 2 GB of RAM) to the CI time budget.
+# Built only when named on the command line, never by default: a cold vcluster
+# build adds ~6 min on 2 cores (about 8 CPU-minutes, 2 GB of RAM). test/setup.sh
+# (make test) names them, for the real-vcluster e2e test.
 EXTRA_TOOLS=(
   vcluster vclusterctl vcluster-chart
 )
