@@ -325,3 +325,42 @@ func TestValuesOverEtcdsRequestLimit(t *testing.T) {
 		t.Fatalf("the big value in SQLite: %q %v", out, err)
 	}
 }
+
+// Issue 21 item 10: prune while a create is uploading into the same folder: the upload in
+// progress is left alone (younger than the grace period), the create completes, and its
+// bundle verifies and is listed; prune kept what its rules say.
+func TestPruneRacingCreate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fill(t, srcCli, 1500, 4096)
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		if r := vcsnap(t, nil, "snapshot", "create", "--datastore", src.URL, "file://"+dir+"/"+n); r.code != exitOK {
+			t.Fatalf("create %s: %+v", n, r)
+		}
+	}
+	proxy := faultproxy.Start(t, strings.TrimPrefix(src.URL, "etcd://"))
+	proxy.StallAfter(3 << 20)
+	c := startVcsnap(t, "snapshot", "create", "--datastore", "etcd://"+proxy.Addr, "file://"+dir+"/c")
+	<-proxy.Stalled()
+	waitForLong(t, 60*time.Second, func() bool {
+		p, _ := filepath.Glob(filepath.Join(dir, "c.vcsnap-*.part"))
+		return len(p) == 1
+	})
+	r := vcsnap(t, nil, "snapshot", "prune", "--keep-last", "1", "file://"+dir)
+	if r.code != exitOK || !strings.Contains(r.stdout, "upload may still be running") {
+		t.Fatalf("prune during a create: %+v", r)
+	}
+	proxy.Release()
+	if err := <-c.exited; err != nil {
+		t.Fatalf("the create prune raced: %v\n%s", err, c.stderr.String())
+	}
+	if r := vcsnap(t, nil, "snapshot", "verify", "file://"+dir+"/c"); r.code != exitOK {
+		t.Fatalf("verify the raced bundle: %+v", r)
+	}
+	if got := names(dir); got != "b,c" {
+		t.Fatalf("after prune --keep-last 1 during a create: %s, want b and the new c", got)
+	}
+}
