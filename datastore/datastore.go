@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -142,11 +144,45 @@ type KeepsPreviousOnAbort interface {
 }
 
 // Rollbacker is implemented by targets that keep the data a Commit replaced beside the
-// new one (SQLite files, etcd data directories), until a person removes it.
+// new one (SQLite files, etcd data directories). Only this restore's copy is kept: the
+// copies earlier restores kept are removed when a Commit keeps a new one, so repeated
+// restores do not fill the volume.
 type Rollbacker interface {
-	// Rollback returns the kept files and the shell command that puts them back; empty
-	// when nothing was replaced.
-	Rollback() (kept []string, command string)
+	// Rollback returns the kept files and the shell command that puts them back (empty
+	// when nothing was replaced), and the earlier copies the Commit removed.
+	Rollback() (kept []string, command string, removed []string)
+}
+
+// OldSuffix marks a copy a restore kept for rollback: <name>.vcsnap-old-<UTC stamp>.
+const OldSuffix = ".vcsnap-old-"
+
+// RemoveOlderRollbacks removes the rollback copies of the given names (a database and its
+// -wal and -shm, or a data directory) that carry another stamp than keep, returning what
+// it removed. A copy it cannot remove is left and logged by the caller.
+func RemoveOlderRollbacks(names []string, keep string) (removed []string, err error) {
+	for _, name := range names {
+		matches, gerr := filepath.Glob(globEscape(name) + OldSuffix + "*")
+		if gerr != nil {
+			return removed, gerr
+		}
+		for _, m := range matches {
+			stamp := strings.TrimPrefix(m, name+OldSuffix)
+			if stamp == keep || stamp == m || strings.ContainsAny(stamp, "/") {
+				continue
+			}
+			if rerr := os.RemoveAll(m); rerr != nil {
+				err = rerr
+				continue
+			}
+			removed = append(removed, m)
+		}
+	}
+	return removed, err
+}
+
+func globEscape(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`)
+	return r.Replace(s)
 }
 
 // Staged is implemented by targets whose writes nobody can see before Commit: they build

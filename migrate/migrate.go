@@ -75,6 +75,9 @@ type Result struct {
 	// replaced, and the shell command that puts it back.
 	Kept            []string `json:"kept,omitempty"`
 	RollbackCommand string   `json:"rollbackCommand,omitempty"`
+	// RemovedRollbacks are the copies earlier restores kept, removed now that this one
+	// kept its own: one rollback copy is what a rollback needs.
+	RemovedRollbacks []string `json:"removedRollbacks,omitempty"`
 }
 
 // Migrate copies every live key of From into To. If anything fails after the target was
@@ -188,7 +191,7 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 	}
 	res.SourceRevision, res.Keys, res.Leases, res.ValueBytes, res.Revision = rev, e.keys, e.leases, e.bytes, final
 	if rb, ok := tg.(datastore.Rollbacker); ok {
-		res.Kept, res.RollbackCommand = rb.Rollback()
+		res.Kept, res.RollbackCommand, res.RemovedRollbacks = rb.Rollback()
 	}
 	return res, nil
 }

@@ -68,6 +68,9 @@ type Result struct {
 	// replaced, and the shell command that puts them back.
 	Kept            []string `json:"kept,omitempty"`
 	RollbackCommand string   `json:"rollbackCommand,omitempty"`
+	// RemovedRollbacks are the copies earlier restores kept, removed now that this one
+	// kept its own: one rollback copy is what a rollback needs.
+	RemovedRollbacks []string `json:"removedRollbacks,omitempty"`
 	// DroppedKeys is how many of the bundle's keys Transform left out.
 	DroppedKeys int64         `json:"droppedKeys,omitempty"`
 	Duration    units.Seconds `json:"durationSeconds"`
@@ -230,7 +233,7 @@ func write(ctx context.Context, o Options, target datastore.Target, po datastore
 		res.SafetyBackup = guard.Saved.URL
 	}
 	if rb, ok := target.(datastore.Rollbacker); ok {
-		res.Kept, res.RollbackCommand = rb.Rollback()
+		res.Kept, res.RollbackCommand, res.RemovedRollbacks = rb.Rollback()
 	}
 	return res, nil
 }

@@ -523,7 +523,7 @@ With --datastore, stop the virtual control plane first.`,
 			if err != nil {
 				return err
 			}
-			printRollback(a.stderr, res.Kept, res.RollbackCommand)
+			printRollback(a.stderr, res.Kept, res.RollbackCommand, res.RemovedRollbacks)
 			out := restoreOutput{Result: res}
 			if rules != nil {
 				st := rules.Stats()

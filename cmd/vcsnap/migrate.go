@@ -87,7 +87,7 @@ A password inside the URL works but is warned about and never printed.`,
 			if err != nil {
 				return err
 			}
-			printRollback(a.stderr, res.Kept, res.RollbackCommand)
+			printRollback(a.stderr, res.Kept, res.RollbackCommand, res.RemovedRollbacks)
 			return a.emit(res, func() {
 				fmt.Fprintf(a.stdout, "Migrated %s (%s, revision %d) to %s (%s): %d keys, %d leases, %s of values; revision now %d (target before %d), %s\n",
 					res.From, res.FromKind, res.SourceRevision, res.To, res.ToKind, res.Keys, res.Leases, humanBytes(res.ValueBytes),

@@ -364,3 +364,51 @@ func TestPruneRacingCreate(t *testing.T) {
 		t.Fatalf("after prune --keep-last 1 during a create: %s, want b and the new c", got)
 	}
 }
+
+// Issue 21 item 11: repeated restores into one SQLite file keep one rollback copy (this
+// restore's), not one per restore, and say what they removed.
+func TestRepeatedRestoresKeepOneRollbackCopy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fill(t, srcCli, 50, 100)
+	dir := t.TempDir()
+	url := "file://" + dir + "/snap"
+	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", src.URL, url); r.code != exitOK {
+		t.Fatalf("create: %+v", r)
+	}
+	db := filepath.Join(dir, "data", "state.db")
+	os.MkdirAll(filepath.Dir(db), 0o755)
+	var last result
+	for i := range 4 {
+		args := []string{"restore", "--no-safety-backup", "--datastore", "sqlite://" + db, url}
+		if i > 0 {
+			args = append([]string{"restore", "--force"}, args[1:]...)
+		}
+		if last = vcsnap(t, nil, args...); last.code != exitOK {
+			t.Fatalf("restore %d: %+v", i, last)
+		}
+	}
+	old, _ := filepath.Glob(db + "*.vcsnap-old-*")
+	stamps := map[string]bool{}
+	for _, o := range old {
+		stamps[o[strings.LastIndex(o, ".vcsnap-old-"):]] = true
+	}
+	if len(stamps) != 1 || !strings.Contains(last.stderr, "Removed the copies earlier restores kept") {
+		t.Fatalf("after 4 restores: %d rollback copies %v\n%s", len(stamps), old, last.stderr)
+	}
+	// The one kept is the last restore's, and its printed rollback command works.
+	var cmdline string
+	for _, l := range strings.Split(last.stderr, "\n") {
+		if strings.HasPrefix(l, "  cd ") {
+			cmdline = strings.TrimSpace(l)
+		}
+	}
+	if out, err := exec.Command("sh", "-c", cmdline).CombinedOutput(); cmdline == "" || err != nil {
+		t.Fatalf("rollback command %q: %v %s", cmdline, err, out)
+	}
+	if _, err := os.Stat(db); err != nil {
+		t.Fatalf("no state.db after the rollback: %v", err)
+	}
+}

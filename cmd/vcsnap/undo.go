@@ -36,11 +36,14 @@ func (a *app) announceSafety(op string) func(restore.SafetyBackup) {
 
 // printRollback says which files a SQLite or etcd-dir target kept of what it replaced,
 // and the command that puts them back (with the control plane stopped).
-func printRollback(w io.Writer, kept []string, command string) {
+func printRollback(w io.Writer, kept []string, command string, removed []string) {
 	if command == "" {
 		return
 	}
 	fmt.Fprintf(w, "The replaced data is kept as %s. To roll back (with the control plane stopped), run:\n  %s\n", strings.Join(kept, ", "), command)
+	if len(removed) > 0 {
+		fmt.Fprintf(w, "Removed the copies earlier restores kept (one rollback copy is kept): %s\n", strings.Join(removed, ", "))
+	}
 }
 
 // explainAbort adds to a failed restore's or migration's error message, on lines of

@@ -61,8 +61,10 @@ type Target struct {
 	leases map[int64]bool
 
 	// Set by Commit.
-	Kept  string
-	Stamp string
+	Kept string
+	// removed are the rollback copies of earlier restores that Commit removed.
+	removed []string
+	Stamp   string
 }
 
 // OpenTarget checks the target's parent directory.
@@ -287,7 +289,7 @@ func (t *Target) Commit(ctx context.Context) (int64, error) {
 // swap renames the previous directory aside (or removes an empty one) and the new one
 // into place.
 func (t *Target) swap(data string) error {
-	t.Stamp = time.Now().UTC().Format("20060102T150405Z")
+	t.Stamp = time.Now().UTC().Format("20060102T150405.000Z") // two restores within one second keep distinct copies
 	if _, err := os.Lstat(t.cfg.Dir); err == nil {
 		if t.dirty {
 			t.Kept = t.cfg.Dir + ".vcsnap-old-" + t.Stamp
@@ -311,6 +313,13 @@ func (t *Target) swap(data string) error {
 		_ = d.Sync()
 		d.Close()
 	}
+	if t.Kept != "" {
+		removed, err := datastore.RemoveOlderRollbacks([]string{t.cfg.Dir}, t.Stamp)
+		if err != nil {
+			slog.Warn("could not remove an older rollback copy", "error", err)
+		}
+		t.removed = removed
+	}
 	return nil
 }
 
@@ -321,11 +330,11 @@ func RollbackCommand(dir, stamp string) string {
 
 // Rollback returns the kept previous directory and the command that puts it back
 // (datastore.Rollbacker).
-func (t *Target) Rollback() ([]string, string) {
+func (t *Target) Rollback() ([]string, string, []string) {
 	if t.Kept == "" {
-		return nil, ""
+		return nil, "", nil
 	}
-	return []string{t.Kept}, RollbackCommand(t.cfg.Dir, t.Stamp)
+	return []string{t.Kept}, RollbackCommand(t.cfg.Dir, t.Stamp), t.removed
 }
 
 // KeepsPreviousOnAbort: Abort drops the staged directory; the target was never touched.

@@ -38,6 +38,8 @@ type SQLiteTarget struct {
 	// Set by Commit: where the previous files went.
 	Stamp string
 	Kept  []string
+	// removed are the rollback copies of earlier restores that Commit removed.
+	removed []string
 }
 
 // OpenSQLiteTarget checks that the file's directory exists.
@@ -216,7 +218,7 @@ func (t *SQLiteTarget) Commit(ctx context.Context) (int64, error) {
 // swap moves the previous files aside and renames the new database into place. The -wal
 // and -shm files go first: SQLite would otherwise apply the old WAL to the new file.
 func (t *SQLiteTarget) swap() error {
-	t.Stamp = time.Now().UTC().Format("20060102T150405Z")
+	t.Stamp = time.Now().UTC().Format("20060102T150405.000Z") // two restores within one second keep distinct copies
 	var moved [][2]string
 	undo := func() {
 		for i := len(moved) - 1; i >= 0; i-- {
@@ -259,6 +261,14 @@ func (t *SQLiteTarget) swap() error {
 		return fmt.Errorf("move the new database into place: %w", err)
 	}
 	t.tmp = ""
+	if len(t.Kept) > 0 {
+		p := t.cfg.Path
+		removed, err := datastore.RemoveOlderRollbacks([]string{p, p + "-wal", p + "-shm"}, t.Stamp)
+		if err != nil {
+			slog.Warn("could not remove an older rollback copy", "error", err)
+		}
+		t.removed = removed
+	}
 	return syncDir(filepath.Dir(t.cfg.Path))
 }
 
@@ -271,11 +281,11 @@ func RollbackCommand(path, stamp string) string {
 
 // Rollback returns the kept previous files and the command that puts them back
 // (datastore.Rollbacker).
-func (t *SQLiteTarget) Rollback() ([]string, string) {
+func (t *SQLiteTarget) Rollback() ([]string, string, []string) {
 	if len(t.Kept) == 0 {
-		return nil, ""
+		return nil, "", nil
 	}
-	return t.Kept, RollbackCommand(t.cfg.Path, t.Stamp)
+	return t.Kept, RollbackCommand(t.cfg.Path, t.Stamp), t.removed
 }
 
 // KeepsPreviousOnAbort: Abort drops the staged file; the target was never touched.
