@@ -306,25 +306,38 @@ func TestUndoCommandPastes(t *testing.T) {
 	if r.code != exitOK {
 		t.Fatalf("restore: %+v", r)
 	}
-	var undo string
-	for _, l := range strings.Split(r.stderr, "\n") {
-		if strings.HasPrefix(l, "  vcsnap restore ") {
-			undo = strings.TrimSpace(l)
-		}
-	}
-	if undo == "" {
-		t.Fatalf("no undo command on a line of its own:\n%s", r.stderr)
-	}
-	// "vcsnap" on PATH is this test binary acting as the CLI.
-	bin := t.TempDir()
-	os.Symlink(os.Args[0], filepath.Join(bin, "vcsnap"))
-	sh := exec.Command("sh", "-c", undo)
-	sh.Env = append(os.Environ(), "VCSNAP_BE_CLI=1", "PATH="+bin+":"+os.Getenv("PATH"))
-	if out, err := sh.CombinedOutput(); err != nil {
-		t.Fatalf("the pasted undo command failed: %v\n%s\n%s", err, undo, out)
-	}
+	pasteIntoShell(t, printedCommand(t, r.stderr, "  vcsnap restore "))
 	after := keysOf(t, dstCli)
 	if len(after) != len(before) || after["/registry/secrets/a/s3"] != "old" {
 		t.Fatalf("after the undo: %d keys (%d before)", len(after), len(before))
+	}
+}
+
+// printedCommand is the last line of output that starts with prefix (a command printed on
+// a line of its own, indented), trimmed; the test fails when there is none.
+func printedCommand(t *testing.T, output, prefix string) string {
+	t.Helper()
+	var line string
+	for _, l := range strings.Split(output, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			line = strings.TrimSpace(l)
+		}
+	}
+	if line == "" {
+		t.Fatalf("no %q command on a line of its own in:\n%s", strings.TrimSpace(prefix), output)
+	}
+	return line
+}
+
+// pasteIntoShell runs a printed command line in sh as a person pasting it would, with
+// "vcsnap" on PATH being this test binary acting as the CLI.
+func pasteIntoShell(t *testing.T, line string) {
+	t.Helper()
+	bin := t.TempDir()
+	os.Symlink(os.Args[0], filepath.Join(bin, "vcsnap"))
+	sh := exec.Command("sh", "-c", line)
+	sh.Env = append(os.Environ(), "VCSNAP_BE_CLI=1", "PATH="+bin+":"+os.Getenv("PATH"))
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Fatalf("the pasted command failed: %v\n%s\n%s", err, line, out)
 	}
 }

@@ -117,15 +117,7 @@ func TestDiskFullAndQuota(t *testing.T) {
 		t.Fatalf("restore into an etcd over its quota: %+v", r)
 	}
 	// The error says how to get the old keys back once the quota is raised: do that.
-	var undo string
-	for _, l := range strings.Split(r.stderr, "\n") {
-		if strings.HasPrefix(l, "  vcsnap restore ") {
-			undo = strings.TrimSpace(l)
-		}
-	}
-	if undo == "" {
-		t.Fatalf("no undo command for the full etcd:\n%s", r.stderr)
-	}
+	undo := printedCommand(t, r.stderr, "  vcsnap restore ")
 	bigger, err := embedetcd.StartWith(dir, func(c *embed.Config) { c.QuotaBackendBytes = 64 << 20 })
 	if err != nil {
 		t.Fatal(err)
@@ -139,14 +131,7 @@ func TestDiskFullAndQuota(t *testing.T) {
 	if _, err := cli2.AlarmDisarm(context.Background(), &clientv3.AlarmMember{}); err != nil {
 		t.Fatal(err)
 	}
-	bin := t.TempDir()
-	os.Symlink(os.Args[0], filepath.Join(bin, "vcsnap"))
-	undo = strings.Replace(undo, small.URL, bigger.URL, 1) // the restarted etcd listens elsewhere
-	sh := exec.Command("sh", "-c", undo)
-	sh.Env = append(os.Environ(), "VCSNAP_BE_CLI=1", "PATH="+bin+":"+os.Getenv("PATH"))
-	if out, err := sh.CombinedOutput(); err != nil {
-		t.Fatalf("the undo command: %v\n%s", err, out)
-	}
+	pasteIntoShell(t, strings.Replace(undo, small.URL, bigger.URL, 1)) // the restarted etcd listens elsewhere
 	after := keysOf(t, cli2)
 	if len(after) != len(before2) || after["/registry/secrets/a/s3"] != "old" {
 		t.Fatalf("after the undo: %d keys, %d before", len(after), len(before2))

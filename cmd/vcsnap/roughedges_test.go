@@ -399,15 +399,7 @@ func TestRepeatedRestoresKeepOneRollbackCopy(t *testing.T) {
 		t.Fatalf("after 4 restores: %d rollback copies %v\n%s", len(stamps), old, last.stderr)
 	}
 	// The one kept is the last restore's, and its printed rollback command works.
-	var cmdline string
-	for _, l := range strings.Split(last.stderr, "\n") {
-		if strings.HasPrefix(l, "  cd ") {
-			cmdline = strings.TrimSpace(l)
-		}
-	}
-	if out, err := exec.Command("sh", "-c", cmdline).CombinedOutput(); cmdline == "" || err != nil {
-		t.Fatalf("rollback command %q: %v %s", cmdline, err, out)
-	}
+	pasteIntoShell(t, printedCommand(t, last.stderr, "  cd "))
 	if _, err := os.Stat(db); err != nil {
 		t.Fatalf("no state.db after the rollback: %v", err)
 	}
