@@ -33,6 +33,10 @@ type WatchOptions struct {
 	Tool          string
 	// OnBundle is told about every bundle stored (logs, tests).
 	OnBundle func(WatchEvent)
+	// LockTTL is how long this watcher's claim on the prefix lasts without renewal
+	// (DefaultWatchLockTTL when zero): a second watcher of the prefix waits, and takes
+	// over once a watcher that died has not renewed its claim for this long.
+	LockTTL time.Duration
 }
 
 // WatchEvent describes one bundle snapshot watch stored.
@@ -97,7 +101,52 @@ func Watch(ctx context.Context, o WatchOptions) error {
 	if w.o.Source.Datastore == "" {
 		w.o.Source.Datastore = src.Kind()
 	}
-	return w.run(ctx)
+	return w.runLocked(ctx, loc.Store, prefix)
+}
+
+// runLocked runs the watcher while it holds the prefix's lock (see lease), renewing it
+// every third of its TTL, and gives it up when it stops.
+func (w *watcher) runLocked(ctx context.Context, s storage.Store, folder string) error {
+	ttl := w.o.LockTTL
+	if ttl <= 0 {
+		ttl = DefaultWatchLockTTL
+	}
+	ls := newLease(s, folder, ttl)
+	if err := ls.acquire(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		ls.release(rctx)
+	}()
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				if err := ls.renew(wctx); errors.Is(err, ErrLockLost) {
+					cancel(err)
+					return
+				} else if err != nil && wctx.Err() == nil {
+					slog.Warn("could not renew the watch lock; retrying", "error", err)
+				}
+			}
+		}
+	}()
+	err := w.run(wctx)
+	if cause := context.Cause(wctx); errors.Is(cause, ErrLockLost) {
+		return cause
+	}
+	return err
 }
 
 type watcher struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -402,5 +403,58 @@ func TestRepeatedRestoresKeepOneRollbackCopy(t *testing.T) {
 	pasteIntoShell(t, printedCommand(t, last.stderr, "  cd "))
 	if _, err := os.Stat(db); err != nil {
 		t.Fatalf("no state.db after the rollback: %v", err)
+	}
+}
+
+// Issue 21 item 13: one watcher per prefix. A second watcher of the prefix waits while the
+// first renews its claim, and takes over once the first dies (SIGKILL, so it never
+// releases) and its claim expires; it continues the chain, and releases the claim when it
+// stops.
+func TestOneWatcherPerPrefix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	src, srcCli := startEtcd(t)
+	fill(t, srcCli, 30, 100)
+	dir := t.TempDir()
+	pitr := "file://" + dir + "/pitr/"
+	args := []string{"snapshot", "watch", "--datastore", src.URL, "--delta-every", "300ms", "--lock-ttl", "3s", pitr}
+	a := startVcsnap(t, args...)
+	waitForLong(t, 60*time.Second, func() bool {
+		f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full"))
+		return len(f) == 1
+	})
+	b := startVcsnap(t, args...)
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(b.stderr.String(), "another watcher keeps the chains") })
+	srcCli.Put(context.Background(), "/registry/configmaps/ns/while-a", "1")
+	waitForLong(t, 60*time.Second, func() bool {
+		d, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
+		return len(d) >= 1
+	})
+	if f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full")); len(f) != 1 {
+		t.Fatalf("a second chain was started while the first watcher ran: %v", f)
+	}
+	a.stop(syscall.SIGKILL)
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(b.stderr.String(), "took over the prefix") })
+	resp, err := srcCli.Put(context.Background(), "/registry/configmaps/ns/after-takeover", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForLong(t, 60*time.Second, func() bool {
+		r := vcsnap(t, nil, "snapshot", "list", "--chains", "-o", "json", pitr)
+		return strings.Contains(r.stdout, fmt.Sprintf(`"toRevision": %d`, resp.Header.Revision))
+	})
+	if err := b.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("the second watcher: %v\n%s", err, b.stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pitr", ".vcsnap-watch.lock")); !os.IsNotExist(err) {
+		t.Fatalf("the lock outlived the watcher that stopped: %v", err)
+	}
+	dst, dstCli := startEtcd(t)
+	if r := vcsnap(t, nil, "restore", "--datastore", dst.URL, "--to-revision", fmt.Sprint(resp.Header.Revision), pitr); r.code != exitOK {
+		t.Fatalf("restore to the revision written after the takeover: %+v", r)
+	}
+	if got := keysOf(t, dstCli); got["/registry/configmaps/ns/after-takeover"] != "2" || got["/registry/configmaps/ns/while-a"] != "1" {
+		t.Fatalf("the chain across the takeover misses writes: %d keys", len(got))
 	}
 }

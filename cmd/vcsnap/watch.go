@@ -61,6 +61,8 @@ Run one watcher per prefix.`,
 	addDatastorePasswordFlag(f, &o.DatastoreOptions)
 	f.DurationVar(&o.FullEvery, "full-every", snapshot.DefaultFullEvery, "take a new full bundle this often")
 	f.DurationVar(&o.DeltaEvery, "delta-every", snapshot.DefaultDeltaEvery, "cut a delta bundle this often")
+	f.DurationVar(&o.LockTTL, "lock-ttl", snapshot.DefaultWatchLockTTL, "how long this watcher's claim on the prefix lasts without renewal (a second watcher waits for it)")
+	_ = f.MarkHidden("lock-ttl")
 	f.Float64Var(&maxMiB, "delta-max-mib", float64(snapshot.DefaultDeltaMaxBytes>>20), "cut a delta early when this many MiB of keys and values are pending")
 	f.StringVar(&o.Source.VClusterName, "vcluster-name", "", "virtual cluster name to record in the bundles")
 	f.StringVar(&o.Source.VClusterNamespace, "vcluster-namespace", "", "virtual cluster host namespace to record in the bundles")

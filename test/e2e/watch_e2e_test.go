@@ -557,7 +557,10 @@ func startWatcher(t *testing.T, src, prefix, tag string, nw *newest) *watcherPro
 		t.Fatal(err)
 	}
 	args := []string{"-o", "json", "--log-level", "debug", "snapshot", "watch", "--datastore", src,
-		"--delta-every", envOr("VCSNAP_WATCH_DELTA_EVERY", "1s"), "--full-every", envOr("VCSNAP_WATCH_FULL_EVERY", "15s")}
+		"--delta-every", envOr("VCSNAP_WATCH_DELTA_EVERY", "1s"), "--full-every", envOr("VCSNAP_WATCH_FULL_EVERY", "15s"),
+		// A watcher killed with SIGKILL never releases its claim on the prefix: its
+		// successor waits this long (the default is 30 s) before it takes over.
+		"--lock-ttl", "3s"}
 	cmd := exec.Command(vcsnapBin, append(append(args, nw.args...), prefix)...)
 	cmd.Env = newCLI(t, nil).env
 	cmd.Stderr = logf
