@@ -69,6 +69,34 @@ func tcpPlan(r *rand.Rand, faulty int, span int64, upstream bool) func(int) faul
 	}
 }
 
+// fatalTrial: every third trial the fault is fatal (planFor), so the suites exercise the
+// failure branch they make claims about, not only faults that retries absorb.
+func fatalTrial(i int) bool { return i%3 == 2 }
+
+// planFor is tcpPlan, or for a fatal trial a plan that resets every connection after a
+// few bytes: no retry gets through.
+func planFor(r *rand.Rand, i, faulty int, span int64, upstream bool) func(int) faultproxy.Fault {
+	if !fatalTrial(i) {
+		return tcpPlan(r, faulty, span, upstream)
+	}
+	after := r.Int63n(64 << 10)
+	return func(int) faultproxy.Fault {
+		return faultproxy.Fault{Kind: faultproxy.Reset, After: after, Upstream: upstream}
+	}
+}
+
+// requireFailures fails a suite whose fatal trials did not all fail, or that had none.
+func requireFailures(t *testing.T, suite string, tl *tally, fatal int, failed ...string) {
+	t.Helper()
+	got := 0
+	for _, o := range failed {
+		got += tl.outcomes[o]
+	}
+	if fatal == 0 || got < fatal {
+		t.Errorf("%s: %d fatal trial(s), %d run(s) failed (%v): the failure branch was not exercised", suite, fatal, got, tl.outcomes)
+	}
+}
+
 func hostPort(endpoint string) string {
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" {
@@ -255,7 +283,7 @@ func TestFaultsEtcd(t *testing.T) {
 
 		// Snapshot through the faulty link.
 		before := tcpFaults(srcProxy)
-		srcProxy.SetPlan(tcpPlan(r, 1+r.Intn(3), 1<<20, false))
+		srcProxy.SetPlan(planFor(r, i, 1+r.Intn(3), 1<<20, false))
 		name := filepath.Join(dir, fmt.Sprintf("trial-%03d", i))
 		res := c.run(t, "snapshot", "create", "--datastore", "etcd://"+srcProxy.Addr, "file://"+name)
 		outcome := checkFaultySnapshot(t, c, res, name, filepath.Join(dir, fmt.Sprintf("check-%03d", i)), sourceState, trial)
@@ -263,7 +291,7 @@ func TestFaultsEtcd(t *testing.T) {
 
 		// Restore --force through the faulty link (client-to-server bytes are the writes).
 		before = tcpFaults(tgtProxy)
-		tgtProxy.SetPlan(tcpPlan(r, 1+r.Intn(3), 1<<20, true))
+		tgtProxy.SetPlan(planFor(r, i, 1+r.Intn(3), 1<<20, true))
 		bundle := filepath.Join(dir, fmt.Sprintf("restore-%03d.bundle", i))
 		if err := os.Link(strings.TrimPrefix(good, "file://"), bundle); err != nil {
 			t.Fatal(err)
@@ -302,10 +330,18 @@ func TestFaultsEtcd(t *testing.T) {
 			return
 		}
 	}
+	fatal := 0
+	for i := range n {
+		if fatalTrial(i) {
+			fatal++
+		}
+	}
+	requireFailures(t, "etcd snapshot", snaps, fatal, "create failed cleanly")
+	requireFailures(t, "etcd restore", restores, fatal, "restore failed, old keys in place", "restore failed, undone by its undo command")
 	report(t, "Faults between vcsnap and etcd (reset, cut, stall): snapshot source", n,
-		snaps.String()+"; every created bundle restored equal to the source; failures left no bundle")
+		fmt.Sprintf("%d of them fatal (every connection reset); ", fatal)+snaps.String()+"; every created bundle restored equal to the source; failures left no bundle")
 	report(t, "Faults between vcsnap and etcd (reset, cut, stall): restore --force target", n,
-		restores.String()+"; never half-written without its undo: each failure left the old keys or was brought back by the logged undo command")
+		fmt.Sprintf("%d of them fatal; ", fatal)+restores.String()+"; never half-written without its undo: each failure left the old keys or was brought back by the logged undo command")
 }
 
 func diffCounts(before, after map[string]int) map[string]int {
@@ -364,14 +400,14 @@ func TestFaultsPostgres(t *testing.T) {
 		r := rand.New(rand.NewSource(seed()*1299709 + int64(i)))
 		trial := fmt.Sprintf("PostgreSQL trial %d (seed %d)", i, seed())
 		before := tcpFaults(srcProxy)
-		srcProxy.SetPlan(tcpPlan(r, 1+r.Intn(2), 2<<20, false))
+		srcProxy.SetPlan(planFor(r, i, 1+r.Intn(2), 2<<20, false))
 		name := filepath.Join(dir, fmt.Sprintf("trial-%03d", i))
 		res := c.run(t, "snapshot", "create", "--datastore", pgURL(src, srcProxy.Addr), "--datastore-password-file", pw, "file://"+name)
 		outcome := checkFaultySnapshot(t, c, res, name, filepath.Join(dir, fmt.Sprintf("check-%03d", i)), sourceState, trial)
 		snaps.add(outcome, diffCounts(before, tcpFaults(srcProxy)))
 
 		before = tcpFaults(tgtProxy)
-		tgtProxy.SetPlan(tcpPlan(r, 1+r.Intn(2), 2<<20, true))
+		tgtProxy.SetPlan(planFor(r, i, 1+r.Intn(2), 2<<20, true))
 		rr := c.run(t, "restore", "--force", "--no-safety-backup", "--datastore", pgURL(tgt, tgtProxy.Addr), "--datastore-password-file", tpw, good)
 		got := readState(t, pgURL(tgt, tgtAddr), open.Options{Password: tgt.Password})
 		switch {
@@ -393,10 +429,18 @@ func TestFaultsPostgres(t *testing.T) {
 			return
 		}
 	}
+	fatal := 0
+	for i := range n {
+		if fatalTrial(i) {
+			fatal++
+		}
+	}
+	requireFailures(t, "PostgreSQL snapshot", snaps, fatal, "create failed cleanly")
+	requireFailures(t, "PostgreSQL restore", restores, fatal, "restore failed, table as it was")
 	report(t, "Faults between vcsnap and PostgreSQL (reset, cut, stall): snapshot source", n,
-		snaps.String()+"; every created bundle restored equal to the source; failures left no bundle")
+		fmt.Sprintf("%d of them fatal (every connection reset); ", fatal)+snaps.String()+"; every created bundle restored equal to the source; failures left no bundle")
 	report(t, "Faults between vcsnap and PostgreSQL (reset, cut, stall): restore --force target", n,
-		restores.String()+"; every failed restore left the table exactly as it was")
+		fmt.Sprintf("%d of them fatal; ", fatal)+restores.String()+"; every failed restore left the table exactly as it was")
 }
 
 // errorLine is a run's final error line, for the log.
