@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"context"
+	"database/sql"
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
@@ -12,40 +13,97 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/stdlib"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	_ "modernc.org/sqlite"
 
+	"github.com/vcsnap/vcsnap/datastore/etcdv3"
+	"github.com/vcsnap/vcsnap/datastore/kinesql"
 	"github.com/vcsnap/vcsnap/datastore/open"
-	"github.com/vcsnap/vcsnap/snapshot/bundle"
 )
 
 // state is a datastore's live keys and values.
 type state map[string]string
 
-// collector is a datastore.Emitter keeping every key.
-type collector struct{ s state }
-
-func (c *collector) Lease(bundle.Lease) error { return nil }
-func (c *collector) Put(kv *bundle.KeyValue) error {
-	c.s[string(kv.Key)] = string(kv.Value)
-	return nil
-}
-
-// readState reads every live key of a datastore through vcsnap's own readers (the same
-// URL forms the CLI takes).
+// readState reads every live key of a datastore with the datastore's own client, not with
+// vcsnap's readers, so that a bug shared by vcsnap's reader and writer cannot hide: etcd
+// through clientv3, kine's table (SQLite, PostgreSQL, MySQL) with a query of its own that
+// applies kine's rules (the newest row of a name, unless deleted; bookkeeping rows left
+// out). The URL forms are the CLI's; only their parsing is vcsnap's.
 func readState(t *testing.T, url string, o open.Options) state {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	src, err := open.Source(ctx, url, o)
+	if etcdURL(url) {
+		c, err := etcdv3.ParseURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints, TLS: c.TLS, DialTimeout: 10 * time.Second,
+			MaxCallRecvMsgSize: 256 << 20, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatalf("connect %s: %v", url, err)
+		}
+		defer cli.Close()
+		s := etcdState(t, cli, 0)
+		// The apiserver's compaction marker, and the health key kine writes itself: not data.
+		delete(s, "compact_rev_key")
+		delete(s, "/registry/health")
+		return s
+	}
+	c, err := kinesql.ParseURL(url, o.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var db *sql.DB
+	switch c.Dialect {
+	case kinesql.SQLite:
+		db, err = sql.Open("sqlite", "file:"+c.Path+"?mode=ro")
+	case kinesql.Postgres:
+		db = stdlib.OpenDB(*c.Postgres)
+	case kinesql.MySQL:
+		conn, cerr := mysql.NewConnector(c.MySQL)
+		if err = cerr; err == nil {
+			db = sql.OpenDB(conn)
+		}
+	}
 	if err != nil {
 		t.Fatalf("open %s: %v", open.Redact(url), err)
 	}
-	defer src.Close()
-	c := &collector{s: state{}}
-	if _, err := src.Read(ctx, c); err != nil {
-		t.Fatalf("read %s: %v", open.Redact(url), err)
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT k.name, k.value FROM kine k
+		WHERE k.id = (SELECT MAX(m.id) FROM kine m WHERE m.name = k.name) AND k.deleted = 0`)
+	if err != nil {
+		t.Fatalf("read kine's table at %s: %v", open.Redact(url), err)
 	}
-	return c.s
+	defer rows.Close()
+	s := state{}
+	for rows.Next() {
+		var name string
+		var value []byte
+		if err := rows.Scan(&name, &value); err != nil {
+			t.Fatal(err)
+		}
+		if name == "compact_rev_key" || name == "compact_rev_key_apiserver" || strings.HasPrefix(name, "gap-") || name == "/registry/health" {
+			continue // kine's bookkeeping, and the health key kine writes itself
+		}
+		s[name] = string(value)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func etcdURL(url string) bool {
+	for _, p := range []string{"etcd://", "etcds://", "unix://"} {
+		if strings.HasPrefix(url, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // etcdState reads every key of an etcd server, optionally at a revision.
