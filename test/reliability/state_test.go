@@ -2,8 +2,8 @@ package reliability
 
 import (
 	"context"
-	"database/sql"
 	"crypto/sha256"
+	"database/sql"
 	"fmt"
 	"io/fs"
 	"os"
