@@ -121,6 +121,9 @@ func (vc *VCluster) BuildJob(o JobOptions) (*EngineJob, error) {
 	}
 	if t := vc.template; t != nil {
 		spec.Tolerations, spec.NodeSelector, spec.ImagePullSecrets = t.Spec.Tolerations, t.Spec.NodeSelector, t.Spec.ImagePullSecrets
+		// The engine dials what the control plane dials (a deployed etcd by its Service
+		// name): it resolves names the way the control plane pod does.
+		spec.HostAliases = t.Spec.HostAliases
 	}
 	if vc.Datastore.OnVolume {
 		if vc.DataPVC == "" {
