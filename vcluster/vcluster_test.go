@@ -357,4 +357,13 @@ func TestDiscoverDeployedEtcd(t *testing.T) {
 	if !certs {
 		t.Errorf("the engine does not mount Secret vc1-certs: %v", ps.Volumes)
 	}
+
+	// With the chart's etcd Service off the syncer dials the headless Service.
+	vc.Values, err = ParseValues([]byte("controlPlane:\n  backingStore:\n    etcd:\n      deploy:\n        enabled: true\n        service:\n          enabled: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := datastoreOf(vc); err != nil || !strings.HasPrefix(d.SnapshotURL, "etcds://vc1-etcd-headless.team-e.svc:2379?") {
+		t.Errorf("without the etcd Service: %+v, %v", d, err)
+	}
 }
