@@ -101,8 +101,9 @@ func TestRealVClusterRestoreOntoAnotherName(t *testing.T) {
 		Translation *translate.Stats `json:"translation"`
 		VCluster    string           `json:"vcluster"`
 	}
-	r.cli.mustJSON(t, &out, append(append(append([]string{"restore", name}, kube...), target...), store)...)
+	res := r.cli.mustJSON(t, &out, append(append(append([]string{"restore", name}, kube...), target...), store)...)
 	sw.lap("restore onto vc2")
+	t.Logf("the restore's log (pause, engine, resume):\n%s", res.Stderr)
 	if out.VCluster != hostNS2+"/"+name2 || out.Translation == nil || out.Translation.HostNames == 0 || out.Translation.Pods == 0 {
 		t.Fatalf("restore onto another name: %+v, translation %+v", out, out.Translation)
 	}
