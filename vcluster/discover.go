@@ -429,7 +429,14 @@ func datastoreOf(vc *VCluster) (Datastore, error) {
 		tq.Set("cacert", CertsMountPath+"/etcd-ca.crt")
 		tq.Set("cert", CertsMountPath+"/apiserver-etcd-client.crt")
 		tq.Set("key", CertsMountPath+"/apiserver-etcd-client.key")
-		d.SnapshotURL = "etcds://" + vc.Name + "-etcd." + vc.Namespace + ".svc:2379?" + tq.Encode()
+		// The Service the syncer dials (vcluster's pkg/etcd, GetEtcdEndpoint): NAME-etcd,
+		// or NAME-etcd-headless when the chart's Service is off. Both names are in the
+		// etcd certificate with .NS.svc.
+		svc := vc.Name + "-etcd"
+		if e := vc.Values.ControlPlane.BackingStore.Etcd.Deploy.Service.Enabled; e != nil && !*e {
+			svc += "-headless"
+		}
+		d.SnapshotURL = "etcds://" + svc + "." + vc.Namespace + ".svc:2379?" + tq.Encode()
 		d.RestoreURL = d.SnapshotURL
 	case KindExternalEtcd:
 		ep := vc.Values.ControlPlane.BackingStore.Etcd.External.Endpoint

@@ -114,8 +114,16 @@ func (vc *VCluster) BuildJob(o JobOptions) (*EngineJob, error) {
 		EnableServiceLinks:           &no,
 		Volumes:                      []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 	}
+	if nonRoot {
+		// The Secret's files are mode 0400 and owned by root: a non-root engine reads
+		// them through the pod's fsGroup (the kubelet gives the group read access).
+		spec.SecurityContext = &corev1.PodSecurityContext{FSGroup: &uid}
+	}
 	if t := vc.template; t != nil {
 		spec.Tolerations, spec.NodeSelector, spec.ImagePullSecrets = t.Spec.Tolerations, t.Spec.NodeSelector, t.Spec.ImagePullSecrets
+		// The engine dials what the control plane dials (a deployed etcd by its Service
+		// name): it resolves names the way the control plane pod does.
+		spec.HostAliases = t.Spec.HostAliases
 	}
 	if vc.Datastore.OnVolume {
 		if vc.DataPVC == "" {

@@ -29,6 +29,9 @@ type Values struct {
 				} `json:"embedded"`
 				Deploy struct {
 					Enabled bool `json:"enabled"`
+					Service struct {
+						Enabled *bool `json:"enabled"` // default true
+					} `json:"service"`
 				} `json:"deploy"`
 				External struct {
 					Enabled  bool   `json:"enabled"`

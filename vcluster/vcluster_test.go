@@ -77,6 +77,7 @@ func fakeVCluster(values string, running bool) []runtime.Object {
 				Selector: &metav1.LabelSelector{MatchLabels: lbl},
 				Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 					Tolerations: []corev1.Toleration{{Key: "dedicated", Value: "vcluster"}},
+					HostAliases: []corev1.HostAlias{{IP: "10.244.0.9", Hostnames: []string{"vc1-etcd"}}},
 					Containers: []corev1.Container{{Name: "syncer", Image: "ghcr.io/loft-sh/vcluster-pro:0.21.1",
 						VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
 				}},
@@ -142,8 +143,8 @@ func TestDiscoverSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	ps := ej.Job.Spec.Template.Spec
-	if ps.NodeName != "node-1" || len(ps.Tolerations) != 1 || ej.Job.Namespace != "team-a" || len(ej.Job.Name) > 63 {
-		t.Errorf("job %s pinned to %q, tolerations %v", ej.Job.Name, ps.NodeName, ps.Tolerations)
+	if ps.NodeName != "node-1" || len(ps.Tolerations) != 1 || len(ps.HostAliases) != 1 || ej.Job.Namespace != "team-a" || len(ej.Job.Name) > 63 {
+		t.Errorf("job %s pinned to %q, tolerations %v, hostAliases %v", ej.Job.Name, ps.NodeName, ps.Tolerations, ps.HostAliases)
 	}
 	c := ps.Containers[0]
 	if strings.Contains(strings.Join(c.Args, " "), "very-secret") || len(c.Env) != 1 || c.Env[0].ValueFrom.SecretKeyRef.Name != ej.Secret.Name ||
@@ -290,5 +291,79 @@ func TestDiscoverRefuses(t *testing.T) {
 	cs = fake.NewSimpleClientset(sts, objs[1], objs[3])
 	if _, err := Discover(ctx, cs, "team-a", "vc1"); err == nil || !strings.Contains(err.Error(), "persistence") {
 		t.Errorf("no data volume: %v", err)
+	}
+}
+
+// The real v0.30.0 chart with deployed etcd: the control plane is a Deployment with an
+// emptyDir /data; the engine runs without the data volume, as non-root, with the
+// certificates of Secret NAME-certs, and resolves etcd as the control plane does.
+func TestDiscoverDeployedEtcd(t *testing.T) {
+	ctx := context.Background()
+	lbl := map[string]string{"app": "vcluster", "release": "vc1"}
+	one := int32(1)
+	values := "controlPlane:\n  backingStore:\n    etcd:\n      deploy:\n        enabled: true\n  distro:\n    k8s:\n      enabled: true\n      image:\n        tag: v1.32.2\n"
+	cs := fake.NewSimpleClientset(
+		&appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "vc1", Namespace: "team-e", Labels: map[string]string{"app": "vcluster", "chart": "vcluster-0.0.1"}},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: &one,
+				Selector: &metav1.LabelSelector{MatchLabels: lbl},
+				Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+					HostAliases: []corev1.HostAlias{{IP: "10.251.0.3", Hostnames: []string{"vc1-etcd", "vc1-etcd.team-e.svc"}}},
+					Containers: []corev1.Container{{Name: "syncer", Image: "vcsnap-rig-vcluster-oss:0.30.0",
+						VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
+					Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+				}},
+			},
+		},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-config-vc1", Namespace: "team-e"}, Data: map[string][]byte{"config.yaml": []byte(values)}},
+		&corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "vc1-574448744f-2gnbn", Namespace: "team-e", Labels: lbl},
+			Spec:       corev1.PodSpec{NodeName: "node-1"},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.251.0.4",
+				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+		},
+	)
+	vc, err := Discover(ctx, cs, "team-e", "vc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vc.Workload.Kind != "Deployment" || vc.DataPVC != "" || vc.Pod != "vc1-574448744f-2gnbn" || vc.VClusterVersion != "0.30.0" || vc.KubernetesVersion != "v1.32.2" {
+		t.Errorf("discovered %+v", vc)
+	}
+	d := vc.Datastore
+	if d.Kind != KindDeployedEtcd || d.OnVolume || d.CertsSecret != "vc1-certs" || !strings.HasPrefix(d.SnapshotURL, "etcds://vc1-etcd.team-e.svc:2379?") {
+		t.Errorf("datastore %+v", d)
+	}
+	ej, err := vc.BuildJob(JobOptions{Operation: "snapshot", Image: "vcsnap:1.0", Files: map[string][]byte{"values.yaml": vc.ValuesYAML}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ej.Job.Spec.Template.Spec
+	c := ps.Containers[0]
+	if ps.NodeName != "" || *c.SecurityContext.RunAsUser == 0 || ps.SecurityContext == nil || ps.SecurityContext.FSGroup == nil ||
+		*ps.SecurityContext.FSGroup != *c.SecurityContext.RunAsUser || len(ps.HostAliases) != 1 {
+		t.Errorf("engine pod: node %q, user %v, pod security %+v, hostAliases %v", ps.NodeName, *c.SecurityContext.RunAsUser, ps.SecurityContext, ps.HostAliases)
+	}
+	var certs bool
+	for _, v := range ps.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "vc1-certs" {
+			certs = true
+		}
+		if v.PersistentVolumeClaim != nil {
+			t.Errorf("the engine mounts PVC %s", v.PersistentVolumeClaim.ClaimName)
+		}
+	}
+	if !certs {
+		t.Errorf("the engine does not mount Secret vc1-certs: %v", ps.Volumes)
+	}
+
+	// With the chart's etcd Service off the syncer dials the headless Service.
+	vc.Values, err = ParseValues([]byte("controlPlane:\n  backingStore:\n    etcd:\n      deploy:\n        enabled: true\n        service:\n          enabled: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := datastoreOf(vc); err != nil || !strings.HasPrefix(d.SnapshotURL, "etcds://vc1-etcd-headless.team-e.svc:2379?") {
+		t.Errorf("without the etcd Service: %+v, %v", d, err)
 	}
 }

@@ -23,14 +23,15 @@ import (
 // from a workstation against a host cluster, on the stand-in vcluster (test/rig's
 // vcluster-shaped control plane: kine on SQLite, and embedded etcd) filled with
 // objects. The in-place restore on SQLite runs against the real vcluster instead
-// (TestRealVClusterSQLiteByName); the stand-in keeps what the real one cannot do yet.
+// (TestRealVClusterSQLiteByName), and so does the restore onto another name and host
+// namespace (TestRealVClusterRestoreOntoAnotherName); the stand-in keeps what the real
+// one cannot do yet.
 //
 //   - `vcsnap snapshot create NAME -n NS --dry-run` prints its plan and changes nothing;
 //   - `vcsnap snapshot create NAME -n NS s3://...` finds the cluster, runs vcsnap's own
 //     image in a Job on the control plane's node mounting its data volume, and lands a
 //     bundle in MinIO that verifies and records the values, versions and host facts;
-//   - (SQLite) the bundle is restored onto another name, namespace and service range
-//     (restoreOntoAnotherName), and volumes go along (byNameVolumes);
+//   - (SQLite) volumes go along (byNameVolumes);
 //   - (embedded etcd) a second snapshot onto the same bundle exits 5, the engine's own
 //     code; the virtual cluster's objects are changed, created and deleted;
 //     `vcsnap restore NAME -n NS --dry-run` changes nothing; the restore's CLI is
@@ -148,10 +149,9 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 	}
 	if backing == rig.VClusterSQLite {
 		// The in-place restore on SQLite (dry run, a restore whose engine cannot start,
-		// the restore, its safety backup) runs against the real vcluster:
-		// TestRealVClusterSQLiteByName. The stand-in's bundle still feeds what needs a
-		// stand-in target: the restore onto another name, and the volumes.
-		restoreOntoAnotherName(t, r, vc, store, before, sw)
+		// the restore, its safety backup) and the restore onto another name run against
+		// the real vcluster: TestRealVClusterSQLiteByName,
+		// TestRealVClusterRestoreOntoAnotherName. The stand-in keeps the volumes.
 		byNameVolumes(t, r, vc, kube, sw)
 		return
 	}

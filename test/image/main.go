@@ -7,6 +7,7 @@
 //	image -o vcluster.tar vcluster            the test rig's virtual-cluster control plane
 //	image -o k.tar vcluster-kubernetes        the real vcluster's distro image (init container)
 //	image -o oss.tar vcluster-oss             the real vcluster's control-plane image
+//	image -o etcd.tar vcluster-etcd           etcd for the real vcluster's deployed etcd
 //
 // Every image is one layer on an empty base. vcsnap is a static binary
 // (CGO_ENABLED=0) at /vcsnap, run as user 65532. The pause image is a tiny
@@ -20,7 +21,10 @@
 // chart's init container runs to copy them to /binaries; vcluster-oss holds the
 // real control plane /vcluster (entrypoint `/vcluster start`), kine and helm
 // under /usr/local/bin, and the shared libraries of every one of those
-// binaries (the kube binaries run in it, from /binaries).
+// binaries (the kube binaries run in it, from /binaries). vcluster-etcd is the
+// image of the chart's deployed etcd (StatefulSet NAME-etcd), whose command is
+// `etcd` from $PATH with flags: /usr/local/bin/etcd from the tools cache and its
+// libraries, no entrypoint.
 //
 // Import a tarball into containerd with `ctr -n k8s.io images import FILE`;
 // Pods then use the short reference with imagePullPolicy: Never.
@@ -51,6 +55,9 @@ const (
 	// vcluster version: vcluster's CLI reads it from there.
 	DefaultVClusterK8sRef = "vcsnap-rig-kubernetes:v1.32.2"
 	DefaultVClusterOSSRef = "vcsnap-rig-vcluster-oss:0.30.0"
+	// The deployed etcd's image; the tag is the version of the tools cache's etcd
+	// (the chart's default image is etcd 3.6.4).
+	DefaultVClusterEtcdRef = "vcsnap-rig-etcd:3.5.21"
 )
 
 // NonRootUID is the user vcsnap's image runs as (the distroless "nonroot" user).
@@ -76,7 +83,7 @@ func main() {
 	flag.StringVar(&o.root, "root", "", "vcsnap module root (default: found above the working directory)")
 	flag.StringVar(&o.tools, "tools", "", "tools bin directory for the vcluster image (default $VCSNAP_TOOLS_DIR/bin or ~/.cache/vcsnap-tools/bin)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: image -o FILE [flags] vcsnap|pause|vcluster|vcluster-kubernetes|vcluster-oss\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: image -o FILE [flags] vcsnap|pause|vcluster|vcluster-kubernetes|vcluster-oss|vcluster-etcd\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -129,8 +136,10 @@ func run(o options) error {
 		im, err = vclusterK8sImage(o)
 	case "vcluster-oss":
 		im, err = vclusterOSSImage(o)
+	case "vcluster-etcd":
+		im, err = vclusterEtcdImage(o)
 	default:
-		return fmt.Errorf("%w: unknown image kind %q (want vcsnap, pause, vcluster, vcluster-kubernetes or vcluster-oss)", errUsage, o.kind)
+		return fmt.Errorf("%w: unknown image kind %q (want vcsnap, pause, vcluster, vcluster-kubernetes, vcluster-oss or vcluster-etcd)", errUsage, o.kind)
 	}
 	if err != nil {
 		return err
@@ -351,6 +360,33 @@ func vclusterOSSImage(o options) (*image, error) {
 		Labels: map[string]string{
 			"org.opencontainers.image.title":   "vcsnap test rig: the real vcluster's control plane",
 			"org.opencontainers.image.version": "0.30.0",
+		},
+	}}, nil
+}
+
+// vclusterEtcdImage is the image of the real vcluster's deployed etcd: the
+// chart's StatefulSet NAME-etcd runs `etcd --cert-file=... --data-dir=/var/lib/etcd
+// ...` (chart/templates/etcd-statefulset.yaml), so etcd is on $PATH and the image
+// needs no entrypoint. Its TLS files come from Secret NAME-certs.
+func vclusterEtcdImage(o options) (*image, error) {
+	if o.ref == "" {
+		o.ref = DefaultVClusterEtcdRef
+	}
+	if o.tools == "" {
+		o.tools = defaultToolsBin()
+	}
+	l := newLayer(o.created)
+	baseFiles(l)
+	if err := addToolWithLibs(l, o.tools, "etcd", "/usr/local/bin/etcd", true); err != nil {
+		return nil, err
+	}
+	l.dir("/var/lib/etcd", 0o700)
+	return &image{ref: o.ref, layer: l, created: o.created, config: v1.Config{
+		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+		WorkingDir: "/",
+		Labels: map[string]string{
+			"org.opencontainers.image.title":   "vcsnap test rig: etcd for the real vcluster's deployed etcd",
+			"org.opencontainers.image.version": "3.5.21",
 		},
 	}}, nil
 }

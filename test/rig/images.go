@@ -22,6 +22,8 @@ const (
 	// The real vcluster v0.30.0's two images (InstallRealVCluster).
 	ImageVClusterK8s = "vcluster-kubernetes" // /kubernetes/kube-* and a static cp, for the chart's init container
 	ImageVClusterOSS = "vcluster-oss"        // /vcluster (start), kine, helm
+	// The real vcluster's deployed etcd (controlPlane.backingStore.etcd.deploy).
+	ImageVClusterEtcd = "vcluster-etcd" // etcd on $PATH
 )
 
 // Image references of the kinds above (test/image's defaults).
@@ -30,10 +32,12 @@ const (
 	PauseImageRef    = "vcsnap-rig-pause:1"
 	VClusterImageRef = "vcsnap-rig-vcluster:v1.32.2"
 	// Repositories and tags of the real vcluster's images (the chart's values take them apart).
-	VClusterK8sRepo = "vcsnap-rig-kubernetes"
-	VClusterK8sTag  = "v1.32.2"
-	VClusterOSSRepo = "vcsnap-rig-vcluster-oss"
-	VClusterOSSTag  = "0.30.0" // vcluster's CLI reads the vcluster version from this tag
+	VClusterK8sRepo  = "vcsnap-rig-kubernetes"
+	VClusterK8sTag   = "v1.32.2"
+	VClusterOSSRepo  = "vcsnap-rig-vcluster-oss"
+	VClusterOSSTag   = "0.30.0" // vcluster's CLI reads the vcluster version from this tag
+	VClusterEtcdRepo = "vcsnap-rig-etcd"
+	VClusterEtcdTag  = "3.5.21" // the tools cache's etcd
 )
 
 // ImageRef is the reference of an image kind.
@@ -49,6 +53,8 @@ func ImageRef(kind string) string {
 		return VClusterK8sRepo + ":" + VClusterK8sTag
 	case ImageVClusterOSS:
 		return VClusterOSSRepo + ":" + VClusterOSSTag
+	case ImageVClusterEtcd:
+		return VClusterEtcdRepo + ":" + VClusterEtcdTag
 	}
 	return ""
 }
@@ -86,6 +92,9 @@ func ImageTarball(t testing.TB, kind string) string {
 		for _, tool := range []string{"vcluster", "kine", "helm", "kube-apiserver"} {
 			Tool(t, tool)
 		}
+	}
+	if kind == ImageVClusterEtcd {
+		Tool(t, "etcd")
 	}
 	imageMu.Lock()
 	defer imageMu.Unlock()

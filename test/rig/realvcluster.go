@@ -2,6 +2,7 @@ package rig
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -24,14 +26,21 @@ import (
 // `helm install` from its chart in the tools cache onto a Node: StatefulSet
 // NAME (pod NAME-0, container syncer) on PVC data-NAME-0 of the rig's CSI
 // StorageClass, embedded SQLite by default, run from the images
-// ImageVClusterK8s and ImageVClusterOSS (imagePullPolicy Never). See
+// ImageVClusterK8s and ImageVClusterOSS (imagePullPolicy Never). With deployed
+// etcd (RealVClusterDeployedEtcdValues) the control plane is Deployment NAME with
+// an emptyDir /data and the chart's StatefulSet NAME-etcd keeps the state. See
 // test/tools/VCLUSTER.md for the names and layout.
 type RealVCluster struct {
-	Name             string
-	Namespace        string
-	StatefulSet      string // NAME
-	PodName          string // NAME-0
-	PVC              string // data-NAME-0
+	Name      string
+	Namespace string
+	// Workload is the control plane's kind: StatefulSet (a data volume) or
+	// Deployment (deployed etcd: no data volume). Its name is NAME.
+	Workload    string
+	StatefulSet string // NAME (also the Deployment's name)
+	PodName     string // NAME-0; for a Deployment the pod found last (it changes with every restart)
+	PVC         string // data-NAME-0; "" for a Deployment
+	// EtcdStatefulSet is the deployed etcd NAME-etcd, "" without one.
+	EtcdStatefulSet  string
 	ConfigSecret     string // vc-config-NAME (the values)
 	CertsSecret      string // NAME-certs (the PKI, written by the syncer)
 	KubeconfigSecret string // vc-NAME (written by the syncer)
@@ -73,6 +82,27 @@ telemetry:
 `, VClusterK8sRepo, VClusterK8sTag, VClusterOSSRepo, VClusterOSSTag, storageClass)
 }
 
+// RealVClusterDeployedEtcdValues are extra values for InstallRealVCluster that
+// put the state into the chart's deployed etcd (StatefulSet NAME-etcd, image
+// ImageVClusterEtcd, its PVC of the rig's CSI StorageClass).
+func RealVClusterDeployedEtcdValues(storageClass string) string {
+	return fmt.Sprintf(`controlPlane:
+  backingStore:
+    etcd:
+      deploy:
+        enabled: true
+        statefulSet:
+          imagePullPolicy: Never
+          image:
+            registry: ""
+            repository: %s
+            tag: %q
+          persistence:
+            volumeClaim:
+              storageClass: %s
+`, VClusterEtcdRepo, VClusterEtcdTag, storageClass)
+}
+
 // RealVClusterChart is the real vcluster's chart folder in the tools cache, or
 // stops the test through Missing.
 func RealVClusterChart(t testing.TB) string {
@@ -111,9 +141,13 @@ func InstallRealVCluster(t testing.TB, host *Host, node *Node, name, namespace, 
 	helm := Tool(t, "helm")
 	Tool(t, "vcluster")
 	chart := RealVClusterChart(t)
-	node.LoadImages(t, ImageVClusterK8s, ImageVClusterOSS)
+	images := []string{ImageVClusterK8s, ImageVClusterOSS}
+	if strings.Contains(extraValues, VClusterEtcdRepo) {
+		images = append(images, ImageVClusterEtcd)
+	}
+	node.LoadImages(t, images...)
 	v := &RealVCluster{
-		Name: name, Namespace: namespace, StatefulSet: name, PodName: name + "-0", PVC: "data-" + name + "-0",
+		Name: name, Namespace: namespace, Workload: "StatefulSet", StatefulSet: name, PodName: name + "-0", PVC: "data-" + name + "-0",
 		ConfigSecret: "vc-config-" + name, CertsSecret: name + "-certs", KubeconfigSecret: "vc-" + name,
 		host: host, node: node,
 	}
@@ -138,11 +172,79 @@ func InstallRealVCluster(t testing.TB, host *Host, node *Node, name, namespace, 
 	}
 	t.Logf("helm install %s -n %s: %s", name, namespace, firstLine(out))
 	t.Cleanup(func() { v.remove(t) })
+	v.findWorkloads(t)
+	if v.EtcdStatefulSet != "" {
+		v.resolveEtcd(t, 3*time.Minute)
+	}
 	v.WaitReady(t, 5*time.Minute)
 	v.ReadyAfter = time.Since(start)
 	v.createDNSService(t)
 	t.Logf("real vcluster %s/%s Ready %v after helm install", namespace, name, v.ReadyAfter.Round(100*time.Millisecond))
 	return v
+}
+
+// findWorkloads reads which workloads the chart made: StatefulSet or Deployment
+// NAME, and StatefulSet NAME-etcd with deployed etcd.
+func (v *RealVCluster) findWorkloads(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
+	if _, err := cs.AppsV1().StatefulSets(v.Namespace).Get(ctx, v.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		if _, err := cs.AppsV1().Deployments(v.Namespace).Get(ctx, v.Name, metav1.GetOptions{}); err != nil {
+			t.Fatalf("real vcluster %s/%s: neither a StatefulSet nor a Deployment %s: %v", v.Namespace, v.Name, v.Name, err)
+		}
+		v.Workload, v.PodName, v.PVC = "Deployment", "", ""
+	} else if err != nil {
+		t.Fatalf("real vcluster %s/%s: %v", v.Namespace, v.Name, err)
+	}
+	if _, err := cs.AppsV1().StatefulSets(v.Namespace).Get(ctx, v.Name+"-etcd", metav1.GetOptions{}); err == nil {
+		v.EtcdStatefulSet = v.Name + "-etcd"
+	} else if !apierrors.IsNotFound(err) {
+		t.Fatalf("real vcluster %s/%s: %v", v.Namespace, v.Name, err)
+	}
+}
+
+// resolveEtcd makes the deployed etcd's names resolve in the control plane pod:
+// the syncer dials https://NAME-etcd:2379 (vcluster's pkg/etcd GetEtcdEndpoint),
+// and the rig has neither DNS nor kube-proxy. Once etcd's pod NAME-etcd-0 has an
+// address (it starts when the syncer has written Secret NAME-certs), the
+// Deployment's pod template gets hostAliases naming that address for the Service
+// names the certificate carries. etcd keeps its address as long as its pod
+// lives; the test never restarts it. vcsnap's engine Job copies the control
+// plane's hostAliases and so reaches etcd the same way.
+func (v *RealVCluster) resolveEtcd(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	pod := v.EtcdStatefulSet + "-0"
+	var ip, state string
+	for ip == "" {
+		p, err := cs.CoreV1().Pods(v.Namespace).Get(ctx, pod, metav1.GetOptions{})
+		switch {
+		case err != nil:
+			state = err.Error()
+		default:
+			state, ip = podSummary(p), p.Status.PodIP
+		}
+		if ip != "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("deployed etcd %s/%s has no address within %v: %s", v.Namespace, pod, timeout, state)
+		case <-time.After(time.Second):
+		}
+	}
+	e, ns := v.EtcdStatefulSet, v.Namespace
+	names := []string{e, e + "-headless", e + "." + ns, e + "." + ns + ".svc", e + "-headless." + ns + ".svc", pod + "." + e + "-headless." + ns}
+	patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
+		"hostAliases": []corev1.HostAlias{{IP: ip, Hostnames: names}}}}}})
+	if _, err := cs.AppsV1().Deployments(ns).Patch(ctx, v.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("give Deployment %s/%s hostAliases for etcd: %v", ns, v.Name, err)
+	}
+	t.Logf("deployed etcd %s runs at %s; the control plane resolves %v through hostAliases (the rig has no DNS)", pod, ip, names)
 }
 
 // createDNSService creates the Service kube-system/kube-dns in the virtual
@@ -178,28 +280,69 @@ func firstLine(s string) string {
 	return s
 }
 
-// remove deletes the StatefulSet (and so the control plane pod) so that the
-// node's drain does not race a StatefulSet recreating it.
+// remove deletes the control plane's StatefulSet or Deployment and the deployed
+// etcd (and so their pods) so that the node's drain does not race them
+// recreating pods.
 func (v *RealVCluster) remove(t testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
-	bg := metav1.DeletePropagationBackground
-	if err := cs.AppsV1().StatefulSets(v.Namespace).Delete(ctx, v.StatefulSet, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
-		t.Logf("delete StatefulSet %s/%s: %v", v.Namespace, v.StatefulSet, err)
+	bg := metav1.DeleteOptions{PropagationPolicy: ptrTo(metav1.DeletePropagationBackground)}
+	var err error
+	if v.Workload == "Deployment" {
+		err = cs.AppsV1().Deployments(v.Namespace).Delete(ctx, v.Name, bg)
+	} else {
+		err = cs.AppsV1().StatefulSets(v.Namespace).Delete(ctx, v.StatefulSet, bg)
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		t.Logf("delete %s %s/%s: %v", v.Workload, v.Namespace, v.Name, err)
+	}
+	if v.EtcdStatefulSet != "" {
+		if err := cs.AppsV1().StatefulSets(v.Namespace).Delete(ctx, v.EtcdStatefulSet, bg); err != nil && !apierrors.IsNotFound(err) {
+			t.Logf("delete StatefulSet %s/%s: %v", v.Namespace, v.EtcdStatefulSet, err)
+		}
 	}
 }
+
+func ptrTo[T any](v T) *T { return &v }
 
 // Pod is the control plane pod as the host sees it now.
 func (v *RealVCluster) Pod(t testing.TB) *corev1.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := kubernetes.NewForConfigOrDie(v.host.RESTConfig()).CoreV1().Pods(v.Namespace).Get(ctx, v.PodName, metav1.GetOptions{})
+	p, err := v.currentPod(ctx, kubernetes.NewForConfigOrDie(v.host.RESTConfig()))
 	if err != nil {
-		t.Fatalf("control plane pod %s/%s: %v", v.Namespace, v.PodName, err)
+		t.Fatalf("control plane pod of %s/%s: %v", v.Namespace, v.Name, err)
 	}
 	return p
+}
+
+// currentPod is the control plane pod: NAME-0 of the StatefulSet, or the one
+// pod of the Deployment that is not terminating (an error while there are
+// several, as during a rollout). It sets PodName.
+func (v *RealVCluster) currentPod(ctx context.Context, cs kubernetes.Interface) (*corev1.Pod, error) {
+	if v.Workload != "Deployment" {
+		return cs.CoreV1().Pods(v.Namespace).Get(ctx, v.PodName, metav1.GetOptions{})
+	}
+	pods, err := cs.CoreV1().Pods(v.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=vcluster,release=" + v.Name})
+	if err != nil {
+		return nil, err
+	}
+	var live []*corev1.Pod
+	var names []string
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			live = append(live, p)
+			names = append(names, p.Name)
+		}
+	}
+	if len(live) != 1 {
+		return nil, fmt.Errorf("%d control plane pods %v; want one", len(live), names)
+	}
+	v.PodName = live[0].Name
+	return live[0], nil
 }
 
 // WaitReady waits until the control plane pod is Ready and the virtual API
@@ -214,7 +357,7 @@ func (v *RealVCluster) WaitReady(t testing.TB, timeout time.Duration) {
 	restarts := map[string]int32{}
 	var state string
 	for {
-		p, err := cs.CoreV1().Pods(v.Namespace).Get(ctx, v.PodName, metav1.GetOptions{})
+		p, err := v.currentPod(ctx, cs)
 		switch {
 		case err != nil:
 			state = err.Error()
@@ -223,8 +366,8 @@ func (v *RealVCluster) WaitReady(t testing.TB, timeout time.Duration) {
 		default:
 			state = podSummary(p)
 			for _, st := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
-				if st.RestartCount > restarts[st.Name] {
-					restarts[st.Name] = st.RestartCount
+				if st.RestartCount > restarts[p.Name+"/"+st.Name] {
+					restarts[p.Name+"/"+st.Name] = st.RestartCount
 					t.Logf("vcluster %s: container %s restarted (%d); its previous log ends:\n%s", v.Name, st.Name, st.RestartCount,
 						v.containerLog(ctx, cs, st.Name, true, 40))
 				}
@@ -268,6 +411,16 @@ func isPodReady(p *corev1.Pod) bool {
 	return false
 }
 
+// SyncerLog is the last lines of the control plane container's current log.
+func (v *RealVCluster) SyncerLog(t testing.TB, lines int64) string {
+	t.Helper()
+	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
+	if _, err := v.currentPod(context.Background(), cs); err != nil {
+		t.Fatalf("control plane pod of %s/%s: %v", v.Namespace, v.Name, err)
+	}
+	return v.containerLog(context.Background(), cs, "syncer", false, lines)
+}
+
 func (v *RealVCluster) containerLog(ctx context.Context, cs kubernetes.Interface, container string, previous bool, lines int64) string {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -309,7 +462,7 @@ func (v *RealVCluster) RESTConfig(t testing.TB) *rest.Config {
 
 func (v *RealVCluster) restConfig(ctx context.Context) (*rest.Config, error) {
 	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
-	p, err := cs.CoreV1().Pods(v.Namespace).Get(ctx, v.PodName, metav1.GetOptions{})
+	p, err := v.currentPod(ctx, cs)
 	if err != nil {
 		return nil, err
 	}
