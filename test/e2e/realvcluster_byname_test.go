@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/vcsnap/vcsnap/restore"
@@ -58,37 +57,9 @@ func TestRealVClusterSQLiteByName(t *testing.T) {
 	vcs := kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
 
 	// The virtual cluster's content.
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(vcs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
-	for i, data := range []map[string]string{{"color": "blue", "size": "L"}, {"feature.x": "on"}, {"stale": "true"}} {
-		must(vcs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%d", i), Labels: map[string]string{"app": "web"}}, Data: data}, metav1.CreateOptions{}))
-	}
-	must(vcs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-credentials"}, Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{"password": []byte("s3cr3t-before")}}, metav1.CreateOptions{}))
-	replicas := int32(1)
-	podLabels := map[string]string{"app": "web"}
-	must(vcs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{
-					Name: "web", Image: rig.PauseImageRef, ImagePullPolicy: corev1.PullNever,
-				}}},
-			},
-		},
-	}, metav1.CreateOptions{}))
-	must(vcs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec:       corev1.ServiceSpec{Selector: podLabels, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{}))
+	must := mustOK(t)
+	shop{configMaps: map[string]map[string]string{"cm-0": {"color": "blue", "size": "L"}, "cm-1": {"feature.x": "on"}, "cm-2": {"stale": "true"}},
+		password: "s3cr3t-before"}.create(t, ctx, vcs, ns)
 	firstPod := waitSyncedPodRunning(t, ctx, vcs, hostCS, name, hostNS, ns, "app=web", "")
 	sw.lap("fill + synced pod running")
 	before := captureObjects(t, ctx, vcs, ns)
@@ -113,29 +84,7 @@ func TestRealVClusterSQLiteByName(t *testing.T) {
 	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the snapshot")
 
 	// Change, delete, add.
-	cm0, err := vcs.CoreV1().ConfigMaps(ns).Get(ctx, "cm-0", metav1.GetOptions{})
-	must(cm0, err)
-	cm0.Data["color"] = "red"
-	must(vcs.CoreV1().ConfigMaps(ns).Update(ctx, cm0, metav1.UpdateOptions{}))
-	must(nil, vcs.CoreV1().ConfigMaps(ns).Delete(ctx, "cm-1", metav1.DeleteOptions{}))
-	must(vcs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "added-later"}, Data: map[string]string{"a": "b"}}, metav1.CreateOptions{}))
-	sec, err := vcs.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
-	must(sec, err)
-	sec.Data["password"] = []byte("s3cr3t-after")
-	must(vcs.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}))
-	// The Service is changed, not deleted: a virtual Service whose host Service is gone
-	// comes back from the syncer with a new uid and ClusterIP (it recreates the virtual
-	// Service with the host's new address; vcluster's services/syncer.go), so a
-	// restored deleted Service cannot keep its identity.
-	svc, err := vcs.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
-	must(svc, err)
-	svc.Spec.Ports[0].Port = 81
-	svc.Labels = map[string]string{"changed": "after-snapshot"}
-	must(vcs.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}))
-	fg := metav1.DeletePropagationForeground
-	must(nil, vcs.AppsV1().Deployments(ns).Delete(ctx, "web", metav1.DeleteOptions{PropagationPolicy: &fg}))
-	must(vcs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "after-snapshot"}}, metav1.CreateOptions{}))
-	waitHostPodsGone(t, ctx, hostCS, name, hostNS, ns)
+	mutateShop(t, ctx, vcs, hostCS, name, hostNS, ns, true)
 	mutated := captureObjects(t, ctx, vcs, ns)
 	if diff := diffCaptured(before, mutated); diff == "" {
 		t.Fatal("the changes did not change the captured objects")

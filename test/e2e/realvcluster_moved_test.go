@@ -9,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/vcsnap/vcsnap/restore"
@@ -39,42 +36,7 @@ func TestRealVClusterRestoreOntoAnotherName(t *testing.T) {
 	defer cancel()
 	hostCS := kubernetes.NewForConfigOrDie(r.host.RESTConfig())
 	vcs := kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(vcs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
-	must(vcs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "web-config"}, Data: map[string]string{"color": "blue"}}, metav1.CreateOptions{}))
-	must(vcs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-credentials"}, Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{"password": []byte("s3cr3t")}}, metav1.CreateOptions{}))
-	replicas := int32(1)
-	podLabels := map[string]string{"app": "web"}
-	must(vcs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
-				Spec: corev1.PodSpec{
-					Containers: []corev1.Container{{
-						Name: "web", Image: rig.PauseImageRef, ImagePullPolicy: corev1.PullNever,
-						// Referenced by the pod, so the syncer copies both to the host.
-						EnvFrom: []corev1.EnvFromSource{
-							{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "web-config"}}},
-							{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "db-credentials"}}},
-						},
-					}},
-				},
-			},
-		},
-	}, metav1.CreateOptions{}))
-	must(vcs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec:       corev1.ServiceSpec{Selector: podLabels, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{}))
+	shop{configMaps: map[string]map[string]string{"web-config": {"color": "blue"}}, envFrom: "web-config", password: "s3cr3t"}.create(t, ctx, vcs, ns)
 	pod1 := waitSyncedPodRunning(t, ctx, vcs, hostCS, name, hostNS, ns, "app=web", "")
 	sw.lap("fill + synced pod running")
 	before := captureObjects(t, ctx, vcs, ns)
