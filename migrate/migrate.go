@@ -151,9 +151,7 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 	res.PreviousRevision, res.PreviousKeys = state.Revision, state.Keys
 	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions, Keys: o.Keys,
 		OnSaved: o.OnSafetyBackup, PreviousKeys: state.Keys}
-	abort := func(ctx context.Context, t datastore.Target, cause error) error {
-		return guard.Abort(ctx, t, o.Force, cause)
-	}
+	abort := guard.Abort
 	if o.Force && state.Keys != 0 {
 		if o.SafetyBackup != "" {
 			if err := guard.Save(ctx, o.SafetyBackup); err != nil {

@@ -115,13 +115,15 @@ func (e *AbortError) Unwrap() error { return e.Cause }
 // its previous state through an abort (an etcd API target is left empty) gets its saved
 // keys back from the safety backup, on a context of its own so that Ctrl-C or SIGTERM,
 // which cancelled the write, does not cancel its undo.
-func (g *Guard) Abort(ctx context.Context, t datastore.Target, forced bool, cause error) error {
+func (g *Guard) Abort(ctx context.Context, t datastore.Target, cause error) error {
 	e := &AbortError{Op: g.Op, Cause: cause, Saved: g.Saved, PreviousKeys: g.PreviousKeys}
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 	aerr := t.Abort(uctx)
 	_, keeps := t.(datastore.KeepsPreviousOnAbort)
-	if aerr == nil && (keeps || !forced || g.PreviousKeys == 0) {
+	// A target with no previous keys (always so without --force, which Prepare refuses
+	// otherwise) is as it was once its partial write is removed.
+	if aerr == nil && (keeps || g.PreviousKeys == 0) {
 		e.Kept = true
 		return e
 	}

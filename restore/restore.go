@@ -213,9 +213,7 @@ func write(ctx context.Context, o Options, target datastore.Target, po datastore
 		}
 		slog.Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
 	}
-	abort := func(ctx context.Context, t datastore.Target, cause error) error {
-		return guard.Abort(ctx, t, o.Force, cause)
-	}
+	abort := guard.Abort
 	if err := target.Begin(ctx); err != nil {
 		return nil, abort(ctx, target, err)
 	}

@@ -134,7 +134,12 @@ func List(ctx context.Context, prefixURL string) ([]*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, err := loc.Store.List(ctx, storage.Folder(loc.Name))
+	return listIn(ctx, loc.Store, storage.Folder(loc.Name))
+}
+
+// listIn describes the bundles under prefix in s, 8 manifests read at a time.
+func listIn(ctx context.Context, s storage.Store, prefix string) ([]*Entry, error) {
+	objs, err := s.List(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +152,7 @@ func List(ctx context.Context, prefixURL string) ([]*Entry, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			entries[i] = describe(ctx, loc.Store, obj)
+			entries[i] = describe(ctx, s, obj)
 		}()
 	}
 	wg.Wait()
@@ -293,14 +298,13 @@ func Delete(ctx context.Context, url string, o DeleteOptions) error {
 	}
 	if m, err := readTail(ctx, loc.Store, info); err == nil && m.Kind == bundle.KindDelta && m.Chain != "" && !o.BreakChain {
 		dir := loc.Name[:strings.LastIndex("/"+loc.Name, "/")]
-		objs, err := loc.Store.List(ctx, storage.Folder(dir))
+		entries, err := listIn(ctx, loc.Store, storage.Folder(dir))
 		if err != nil {
 			return err
 		}
 		later := 0
-		for _, obj := range objs {
-			e := describe(ctx, loc.Store, obj)
-			if e != nil && e.Manifest != nil && e.Manifest.Chain == m.Chain && e.Manifest.Kind == bundle.KindDelta && e.Manifest.BaseRevision >= m.Revision {
+		for _, e := range entries {
+			if e.Manifest != nil && e.Manifest.Chain == m.Chain && e.Manifest.Kind == bundle.KindDelta && e.Manifest.BaseRevision >= m.Revision {
 				later++
 			}
 		}

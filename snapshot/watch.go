@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -74,10 +73,7 @@ func Watch(ctx context.Context, o WatchOptions) error {
 	if err != nil {
 		return err
 	}
-	prefix := loc.Name
-	if prefix != "" && !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
-	}
+	prefix := storage.Folder(loc.Name)
 	w := &watcher{o: o, store: loc.Store, prefix: prefix, prefixURL: o.Prefix}
 	if !o.Encrypt.Empty() {
 		if w.wopts.Encrypt, w.wopts.Encryption, err = o.Encrypt.Writer(); err != nil {
