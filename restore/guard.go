@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
@@ -147,4 +148,20 @@ func (g *Guard) Abort(ctx context.Context, t datastore.Target, cause error) erro
 	}
 	e.Kept, e.PutBack, e.UndoErr = true, true, nil
 	return e
+}
+
+// SafetyBackupURL names the bundle that keeps a target's keys before a forced restore
+// of store replaces them: beside the bundle (beside a point-in-time prefix, not inside
+// it, so the chains under it stay the watcher's own), keeping the URL's options.
+func SafetyBackupURL(store string, pointInTime bool, now time.Time) string {
+	base, query, _ := strings.Cut(store, "?")
+	if pointInTime {
+		base = strings.TrimSuffix(base, "/")
+	}
+	// Milliseconds: two forced restores in one second must not name one safety backup.
+	u := base + ".pre-restore-" + now.UTC().Format("20060102T150405.000Z")
+	if query != "" {
+		u += "?" + query
+	}
+	return u
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,6 +48,9 @@ type JobOptions struct {
 	PullPolicy corev1.PullPolicy
 	// Args are vcsnap's arguments (the image's entrypoint is vcsnap).
 	Args []string
+	// Summary says what the run does, for Describe (the arguments may name only a
+	// request file).
+	Summary string
 	// Env holds secret environment variables (store credentials, the database
 	// password). They reach the pod through a temporary Secret, never arguments.
 	Env map[string]string
@@ -65,6 +67,8 @@ type JobOptions struct {
 type EngineJob struct {
 	Job    *batchv1.Job
 	Secret *corev1.Secret
+	// Summary says what the run does (JobOptions.Summary).
+	Summary string
 	// OnLog, when set, receives the engine's log lines as it writes them (its
 	// progress), while RunJob waits.
 	OnLog func(line string)
@@ -107,6 +111,9 @@ func (vc *VCluster) BuildJob(o JobOptions) (*EngineJob, error) {
 			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 		VolumeMounts: []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+		// The engine's result: a channel of its own, which log lines cannot land in.
+		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
+		TerminationMessagePolicy: corev1.TerminationMessageReadFile,
 	}
 	spec := corev1.PodSpec{
 		RestartPolicy:                corev1.RestartPolicyNever,
@@ -141,7 +148,7 @@ func (vc *VCluster) BuildJob(o JobOptions) (*EngineJob, error) {
 			Secret: &corev1.SecretVolumeSource{SecretName: vc.Datastore.CertsSecret}}})
 		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "etcd-certs", MountPath: CertsMountPath, ReadOnly: true})
 	}
-	ej := &EngineJob{}
+	ej := &EngineJob{Summary: o.Summary}
 	if len(o.Env) > 0 || len(o.Files) > 0 {
 		sname := name + "-env"
 		sec := &corev1.Secret{
@@ -206,7 +213,10 @@ func (ej *EngineJob) Describe() string {
 		}
 	}
 	fmt.Fprintf(&b, "\n  running: vcsnap %s\n", strings.Join(c.Args, " "))
-	fmt.Fprintf(&b, "wait for Job %s/%s, read its log, then delete it", j.Namespace, j.Name)
+	if ej.Summary != "" {
+		fmt.Fprintf(&b, "  %s\n", ej.Summary)
+	}
+	fmt.Fprintf(&b, "wait for Job %s/%s, read its result, then delete it", j.Namespace, j.Name)
 	if ej.Secret != nil {
 		fmt.Fprintf(&b, " and Secret %s", ej.Secret.Name)
 	}
@@ -215,13 +225,15 @@ func (ej *EngineJob) Describe() string {
 
 // JobResult is how an engine run ended.
 type JobResult struct {
-	Job       string        `json:"job"`
-	Pod       string        `json:"pod,omitempty"`
-	Node      string        `json:"node,omitempty"`
-	Succeeded bool          `json:"succeeded"`
-	ExitCode  int32         `json:"exitCode"`
-	Logs      string        `json:"-"`
-	Duration  units.Seconds `json:"durationSeconds"`
+	Job       string `json:"job"`
+	Pod       string `json:"pod,omitempty"`
+	Node      string `json:"node,omitempty"`
+	Succeeded bool   `json:"succeeded"`
+	ExitCode  int32  `json:"exitCode"`
+	// Message is the container's termination message: the engine's result.
+	Message  string        `json:"-"`
+	Logs     string        `json:"-"`
+	Duration units.Seconds `json:"durationSeconds"`
 }
 
 // LogTail is the last n lines of the engine's log.
@@ -350,7 +362,7 @@ func readPodLog(ctx context.Context, cs kubernetes.Interface, ns, sel string, re
 	res.Pod, res.Node = p.Name, p.Spec.NodeName
 	for _, st := range p.Status.ContainerStatuses {
 		if t := st.State.Terminated; t != nil {
-			res.ExitCode = t.ExitCode
+			res.ExitCode, res.Message = t.ExitCode, t.Message
 		}
 	}
 	b, err := cs.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: "vcsnap"}).DoRaw(ctx)
@@ -385,34 +397,6 @@ func deleteJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) {
 	if err != nil {
 		slog.Warn("the engine Job's pod is still there", "job", ns+"/"+ej.Job.Name, "error", err)
 	}
-}
-
-// DecodeResult decodes the engine's `-o json` output, the last top-level JSON object in
-// its log. The pod log merges the engine's stdout (the JSON) and stderr (text log lines,
-// each starting with "time=") line by line, in no guaranteed order between the two, so a
-// log line may land inside the JSON: those lines are left out first.
-func DecodeResult(logs string, v any) error {
-	lines := strings.SplitAfter(logs, "\n")
-	kept := lines[:0]
-	for _, l := range lines {
-		if !strings.HasPrefix(l, "time=") {
-			kept = append(kept, l)
-		}
-	}
-	logs = strings.Join(kept, "")
-	i := strings.LastIndex(logs, "\n{\n")
-	if i < 0 {
-		if strings.HasPrefix(logs, "{\n") {
-			i = -1
-		} else {
-			return fmt.Errorf("the engine's log holds no JSON result")
-		}
-	}
-	dec := json.NewDecoder(strings.NewReader(logs[i+1:]))
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("decode the engine's JSON result: %w", err)
-	}
-	return nil
 }
 
 func jobName(op, vc string) string {
@@ -523,7 +507,7 @@ func ActiveEngineJobs(ctx context.Context, cs kubernetes.Interface, vc *VCluster
 }
 
 // logFollower relays a running engine pod's log lines as they come; RunJob still reads
-// the whole log once the pod has ended, which is what the result is taken from.
+// the whole log once the pod has ended, for a failed run's tail.
 type logFollower struct {
 	cs      kubernetes.Interface
 	ns      string

@@ -209,26 +209,6 @@ func TestDiscoverEtcdAndPause(t *testing.T) {
 	}
 }
 
-func TestDecodeResult(t *testing.T) {
-	logs := "time=x level=INFO msg=hello\n{\n  \"url\": \"s3://b/k\",\n  \"manifest\": {\n    \"keys\": 3\n  }\n}\n"
-	var r struct {
-		URL      string
-		Manifest struct{ Keys int }
-	}
-	if err := DecodeResult(logs, &r); err != nil || r.URL != "s3://b/k" || r.Manifest.Keys != 3 {
-		t.Errorf("%+v %v", r, err)
-	}
-	// stderr's lines can land inside stdout's JSON in the pod log (seen in CI).
-	r.URL, r.Manifest.Keys = "", 0
-	interleaved := "time=a level=INFO msg=start\n{\n  \"url\": \"s3://b/k\",\ntime=b level=INFO msg=progress keys=283\n  \"manifest\": {\n    \"keys\": 3\n  }\n}\n"
-	if err := DecodeResult(interleaved, &r); err != nil || r.URL != "s3://b/k" || r.Manifest.Keys != 3 {
-		t.Errorf("interleaved: %+v %v", r, err)
-	}
-	if err := DecodeResult("only text\n", &r); err == nil {
-		t.Error("no JSON, no error")
-	}
-}
-
 // TestDiscoverDeploymentExternalDatabase: a control plane in a Deployment (no data
 // volume) on an external database; the engine gets the dataSource without its password,
 // which travels in the Secret, and runs as non-root without a volume.

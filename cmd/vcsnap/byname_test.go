@@ -88,14 +88,14 @@ func TestVolumesAndValuesFiles(t *testing.T) {
 	var got string
 	if _, _, err := snapshot.Scan(context.Background(), loc, snapshot.ReadOptions{Keys: encrypt.Keys{PassphraseFile: pass}}, func(rec *bundle.Record) error {
 		if rec.Type == bundle.RecordMeta {
-			got = rec.Meta.Extra[ExtraVClusterValues]
+			got = rec.Meta.Extra[bundle.ExtraVClusterValues]
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if got != values {
-		t.Fatalf("meta record's %s = %q, want the values file", ExtraVClusterValues, got)
+		t.Fatalf("meta record's %s = %q, want the values file", bundle.ExtraVClusterValues, got)
 	}
 	if r := vcsnap(t, nil, "snapshot", "create", "--datastore", src.URL, "--volumes-file", valf, "file://"+filepath.Join(dir, "b2")); r.code != exitUsage {
 		t.Errorf("a volumes file that is not JSON: %+v, want exit %d", r, exitUsage)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vcsnap/vcsnap/byname"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/engine"
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -43,7 +46,8 @@ func (a *app) snapshotCommand() *cobra.Command {
 func (a *app) createCommand() *cobra.Command {
 	var o snapshot.CreateOptions
 	var rep reportFlags
-	var byName byNameCreate
+	var kf kubeFlags
+	var vf volumeFlags
 	var valuesFile, volumesFile string
 	cmd := &cobra.Command{
 		Use:   "create (NAME -n NAMESPACE | --datastore URL) STORE_URL",
@@ -64,15 +68,15 @@ reads that datastore itself.`,
 				if o.Datastore != "" {
 					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
 				}
-				if err := byName.vol.check(cmd.Flags()); err != nil {
+				if err := vf.check(cmd.Flags()); err != nil {
 					return err
 				}
-				return a.createByName(cmd.Context(), &byName, o, args[0], expandTime(args[1], time.Now()))
+				return a.createByName(cmd.Context(), &kf, vf, o, args[0], expandTime(args[1], time.Now()))
 			}
-			if byName.vol.include {
+			if vf.include {
 				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap finds its PVCs on the host")}
 			}
-			if byName.kf.dryRun {
+			if kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
 			}
 			if o.Datastore == "" {
@@ -86,7 +90,7 @@ reads that datastore itself.`,
 				if o.Extra == nil {
 					o.Extra = map[string]string{}
 				}
-				o.Extra[ExtraVClusterValues] = string(b)
+				o.Extra[bundle.ExtraVClusterValues] = string(b)
 			}
 			if volumesFile != "" {
 				vols, err := readVolumesFile(volumesFile)
@@ -129,8 +133,8 @@ reads that datastore itself.`,
 	f.StringVar(&valuesFile, "vcluster-values-file", "", "vcluster values (config.yaml) to keep inside the bundle's (encrypted) body")
 	f.StringVar(&volumesFile, "volumes-file", "", "JSON list of CSI volume snapshot records to write into the manifest")
 	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
-	byName.kf.add(f, true)
-	byName.vol.addCreate(f)
+	kf.add(f, true)
+	vf.addCreate(f)
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -411,9 +415,10 @@ cluster (--kubeconfig, --context), and keeps the bundle if that fails.`,
 func (a *app) restoreCommand() *cobra.Command {
 	var o restore.Options
 	var noSafety bool
-	var byName byNameRestore
+	var kf kubeFlags
+	var vf volumeFlags
 	var toTime string
-	var tf translateFlags
+	var tf translate.Spec
 	var tg targetFlags
 	cmd := &cobra.Command{
 		Use:   "restore (NAME -n NAMESPACE | --datastore URL) STORE_URL",
@@ -442,50 +447,10 @@ With --datastore, stop the virtual control plane first.`,
   vcsnap restore --datastore etcd://127.0.0.1:2379 --to-revision 48211 file:///backups/vc1/`,
 		Args: rangeArgs("[NAME] STORE_URL", 1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 2 {
-				if o.Datastore != "" {
-					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
-				}
-				name, err := retarget(&byName, &tg, &tf, args[0])
-				if err != nil {
-					return err
-				}
-				if byName.target == nil { // else the target's translation is worked out once it is found
-					byName.EngineArgs = append(byName.EngineArgs, translateEngineArgs(&tf)...)
-				}
-				// A point in time: the engine reads the chains under the prefix.
-				if toTime != "" {
-					byName.EngineArgs = append(byName.EngineArgs, "--to-time", toTime)
-					byName.pointInTime = true
-				}
-				if o.To.Revision > 0 {
-					byName.EngineArgs = append(byName.EngineArgs, "--to-revision", fmt.Sprint(o.To.Revision))
-					byName.pointInTime = true
-				}
-				if o.UpToLastGood {
-					byName.EngineArgs = append(byName.EngineArgs, "--up-to-last-good")
-				}
-				if err := byName.vol.check(cmd.Flags()); err != nil {
-					return err
-				}
-				return a.restoreByName(cmd.Context(), &byName, o, noSafety, name, args[1])
-			}
-			if tg.set() {
-				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
-			}
-			if byName.vol.include {
-				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
-			}
-			if byName.kf.dryRun {
-				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
-			}
-			if o.Datastore == "" {
-				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore")}
-			}
 			if toTime != "" {
-				t, err := time.Parse(time.RFC3339, toTime)
+				t, err := parseToTime(toTime)
 				if err != nil {
-					return usageError{fmt.Errorf("--to-time %q: want RFC 3339, such as 2026-11-21T10:42:00Z", toTime)}
+					return err
 				}
 				o.To.Time = t
 			}
@@ -496,8 +461,43 @@ With --datastore, stop the virtual control plane first.`,
 			if o.UpToLastGood && !pit {
 				return usageError{fmt.Errorf("--up-to-last-good goes with --to-revision or --to-time")}
 			}
+			if len(args) == 2 {
+				if o.Datastore != "" {
+					return usageError{fmt.Errorf("give either a virtual cluster NAME or --datastore, not both")}
+				}
+				if err := vf.check(cmd.Flags()); err != nil {
+					return err
+				}
+				bo := byname.RestoreOptions{Store: args[1], Keys: o.Keys, NoSafetyBackup: noSafety, ToRevision: o.To.Revision,
+					UpToLastGood: o.UpToLastGood, MaxRevisionWrites: o.DatastoreOptions.MaxRevisionWrites, DatastorePassword: o.DatastoreOptions.Password}
+				if o.BumpRevision != restore.DefaultBumpRevision {
+					bo.BumpRevision = o.BumpRevision
+				}
+				bo.ToTime = o.To.Time
+				var err error
+				if bo.Volumes, err = vf.restoreOptions(); err != nil {
+					return err
+				}
+				name, err := retarget(&kf, &bo, &tg, &tf, args[0])
+				if err != nil {
+					return err
+				}
+				return a.restoreByName(cmd.Context(), &kf, bo, name)
+			}
+			if tg.set() {
+				return usageError{fmt.Errorf("--target-* go with a virtual cluster NAME; with --datastore use --translate-namespace, --translate-name, --target-service-cidr")}
+			}
+			if vf.include {
+				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
+			}
+			if kf.dryRun {
+				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
+			}
+			if o.Datastore == "" {
+				return usageError{fmt.Errorf("name a virtual cluster (NAME -n NAMESPACE) or give --datastore")}
+			}
 			o.Store = args[0]
-			rules, err := tf.rules(cmd.Context(), o.Store)
+			rules, err := tf.Rules(cmd.Context(), func(ctx context.Context) (string, string, error) { return engine.BundleSource(ctx, o.Store) })
 			if err != nil {
 				return err
 			}
@@ -505,15 +505,7 @@ With --datastore, stop the virtual control plane first.`,
 				o.Transform = rules.Apply
 			}
 			if o.Force && !noSafety {
-				// Beside a prefix, not inside it: the chains under it stay the watcher's own.
-				base, query, _ := strings.Cut(o.Store, "?")
-				if pit {
-					base = strings.TrimSuffix(base, "/")
-				}
-				if query != "" {
-					base += "?" + query
-				}
-				o.SafetyBackup = safetyBackupURL(base, time.Now())
+				o.SafetyBackup = restore.SafetyBackupURL(o.Store, pit, time.Now())
 			}
 			progress, done := a.progress()
 			o.Progress = progress
@@ -565,8 +557,8 @@ With --datastore, stop the virtual control plane first.`,
 	f.BoolVar(&o.Force, "force", false, "replace the keys of a non-empty target")
 	f.Int64Var(&o.BumpRevision, "bump-revision", restore.DefaultBumpRevision, "how far past max(snapshot, target) revision the restored revision ends")
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
-	byName.kf.add(f, true)
-	byName.vol.addRestore(f)
+	kf.add(f, true)
+	vf.addRestore(f)
 	addTranslateFlags(f, &tf)
 	addTargetFlags(f, &tg)
 	return cmd
@@ -592,22 +584,6 @@ func (a *app) versionCommand() *cobra.Command {
 	}
 }
 
-// safetyBackupURL names the bundle that keeps a target's keys before --force replaces
-// them: beside the bundle being restored, keeping the URL's options.
-func safetyBackupURL(store string, now time.Time) string {
-	base, query, _ := strings.Cut(store, "?")
-	// Milliseconds: two forced restores in one second must not name one safety backup.
-	u := base + ".pre-restore-" + now.UTC().Format("20060102T150405.000Z")
-	if query != "" {
-		u += "?" + query
-	}
-	return u
-}
-
-// ExtraVClusterValues is the meta record's key for the vcluster values (config.yaml):
-// inside the body, which is encrypted when the bundle is.
-const ExtraVClusterValues = "vclusterValues"
-
 // rangeArgs accepts between min and max arguments, with a usage error naming them.
 func rangeArgs(names string, min, max int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
@@ -616,4 +592,13 @@ func rangeArgs(names string, min, max int) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// parseToTime parses --to-time.
+func parseToTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, usageError{fmt.Errorf("--to-time %q: want RFC 3339, such as 2026-11-21T10:42:00Z", s)}
+	}
+	return t, nil
 }

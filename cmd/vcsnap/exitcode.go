@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 
+	"github.com/vcsnap/vcsnap/byname"
 	"github.com/vcsnap/vcsnap/datastore"
+	"github.com/vcsnap/vcsnap/engine"
 	"github.com/vcsnap/vcsnap/migrate"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
 	"github.com/vcsnap/vcsnap/storage"
+	"github.com/vcsnap/vcsnap/translate"
 	"github.com/vcsnap/vcsnap/vcluster"
 	"github.com/vcsnap/vcsnap/volumes"
 )
@@ -36,17 +39,18 @@ func (u usageError) Unwrap() error { return u.error }
 
 func exitCode(err error) int {
 	var ue usageError
-	var ee *engineError
+	var ee *byname.EngineError
 	var gap *snapshot.GapError
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &ee):
-		return ee.code // the engine Job's own vcsnap exit code
+		return ee.ExitCode // the engine Job's own vcsnap exit code
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
 	case errors.As(err, &ue), errors.Is(err, storage.ErrBadURL), errors.Is(err, datastore.ErrBadURL),
-		errors.Is(err, encrypt.ErrKeyArgument), errors.Is(err, migrate.ErrSameDatastore), errors.Is(err, storage.ErrIsFolder):
+		errors.Is(err, encrypt.ErrKeyArgument), errors.Is(err, migrate.ErrSameDatastore), errors.Is(err, storage.ErrIsFolder),
+		errors.Is(err, byname.ErrOption), errors.Is(err, translate.ErrSpec):
 		return exitUsage
 	case errors.Is(err, bundle.ErrCorrupt), errors.Is(err, bundle.ErrIncomplete), errors.As(err, &gap):
 		return exitCorrupt
@@ -59,7 +63,7 @@ func exitCode(err error) int {
 		return exitRefused
 	case errors.Is(err, bundle.ErrEncrypted), errors.Is(err, bundle.ErrDecrypt):
 		return exitNoKey
-	case errors.Is(err, bundle.ErrUnsupportedVersion), errors.Is(err, bundle.ErrNotBundle):
+	case errors.Is(err, bundle.ErrUnsupportedVersion), errors.Is(err, bundle.ErrNotBundle), errors.Is(err, engine.ErrVersion):
 		return exitUnsupported
 	case errors.Is(err, datastore.ErrUnavailable):
 		return exitUnavailable

@@ -118,7 +118,7 @@ into one verified, compressed bundle in an object store, and restores it.`,
 	_ = root.PersistentFlags().MarkHidden("memprofile")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
 	groupCommand(root)
-	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.resumeCommand(), a.migrateCommand(), a.versionCommand())
+	root.AddCommand(a.snapshotCommand(), a.restoreCommand(), a.resumeCommand(), a.migrateCommand(), a.versionCommand(), a.engineCommand())
 	return root
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/test/embedetcd"
 	"github.com/vcsnap/vcsnap/test/faultproxy"
@@ -296,9 +297,13 @@ func TestSafetyBackupURLKeepsOptions(t *testing.T) {
 		"file:///b/snap": "file:///b/snap.pre-restore-20261121T030405.000Z",
 		"s3://bkt/vc/snap?region=eu-west-1&endpoint=http://x": "s3://bkt/vc/snap.pre-restore-20261121T030405.000Z?region=eu-west-1&endpoint=http://x",
 	} {
-		if got := safetyBackupURL(in, at); got != want {
-			t.Errorf("safetyBackupURL(%q) = %q, want %q", in, got, want)
+		if got := restore.SafetyBackupURL(in, false, at); got != want {
+			t.Errorf("SafetyBackupURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+	// Beside a point-in-time prefix, not inside it.
+	if got, want := restore.SafetyBackupURL("s3://bkt/vc/pitr/?region=x", true, at), "s3://bkt/vc/pitr.pre-restore-20261121T030405.000Z?region=x"; got != want {
+		t.Errorf("prefix: %q, want %q", got, want)
 	}
 }
 

@@ -244,3 +244,7 @@ type Totals struct {
 	ValueBytes int64
 	Revision   int64
 }
+
+// ExtraVClusterValues is the meta record's key for the vcluster values (config.yaml):
+// inside the body, which is encrypted when the bundle is.
+const ExtraVClusterValues = "vclusterValues"

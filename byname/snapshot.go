@@ -1,0 +1,143 @@
+package byname
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/vcsnap/vcsnap/engine"
+	"github.com/vcsnap/vcsnap/internal/units"
+	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
+	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+	"github.com/vcsnap/vcsnap/vcluster"
+)
+
+// SnapshotOptions are a snapshot of a virtual cluster by name.
+type SnapshotOptions struct {
+	// Store is the new bundle's URL (the engine must reach it: not file://).
+	Store     string
+	Overwrite bool
+	Encrypt   encrypt.Recipients
+	Engine    EngineOptions
+	// DatastorePassword overrides the one found in the vcluster's config.
+	DatastorePassword string
+	// KubernetesVersion overrides the one found on the control plane.
+	KubernetesVersion string
+	Volumes           VolumeOptions
+	// DryRun finds the virtual cluster and returns the plan without doing anything.
+	DryRun bool
+	Logger *slog.Logger
+}
+
+// VolumeOptions are the CSI volume snapshots taken with a snapshot.
+type VolumeOptions struct {
+	Include bool
+	// AllowPartial records a volume that cannot be snapshotted as missing and marks
+	// the bundle partial, instead of failing.
+	AllowPartial bool
+	Timeout      time.Duration
+}
+
+// SnapshotResult is a finished (or, with DryRun, planned) snapshot.
+type SnapshotResult struct {
+	// Create is the bundle written; nil for a dry run.
+	Create   *snapshot.CreateResult
+	VCluster *vcluster.VCluster
+	// Job is the engine Job that wrote it.
+	Job string
+	// Actions are the steps, in order (a dry run's plan).
+	Actions []string
+}
+
+// Snapshot writes a bundle of the virtual cluster name in namespace on the host: its
+// CSI volume snapshots first (when asked), then its datastore, read by vcsnap's engine
+// in a Job beside the control plane. A failed run deletes the volume snapshots it took.
+func Snapshot(ctx context.Context, h *Host, namespace, name string, o SnapshotOptions) (*SnapshotResult, error) {
+	r, err := start(ctx, h, namespace, name, o.Store, o.DryRun, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	vc := r.vc
+	out := &SnapshotResult{VCluster: vc}
+	hostCIDR, err := vcluster.HostServiceCIDR(ctx, r.cs, vc.Namespace)
+	if err != nil {
+		r.log.Warn("the host's service CIDR is not recorded", "error", err)
+	}
+	if !vc.Running && vc.Datastore.Kind == vcluster.KindEmbeddedEtcd {
+		r.p.step("the control plane is not running: read its etcd data directory offline")
+	}
+
+	// The volume snapshots come first: their records go into the manifest the engine writes.
+	req := &engine.SnapshotRequest{
+		Datastore: vc.Datastore.SnapshotURL, Store: o.Store, Overwrite: o.Overwrite,
+		Source: bundle.Source{
+			VClusterName: vc.Name, VClusterNamespace: vc.Namespace,
+			KubernetesVersion: cmp.Or(o.KubernetesVersion, vc.KubernetesVersion), VClusterVersion: vc.VClusterVersion,
+			HostServiceCIDR: hostCIDR, ServiceCIDR: vc.ServiceCIDR,
+		},
+		ValuesYAML: string(vc.ValuesYAML),
+	}
+	committed := false // the bundle holding the volume records was written
+	if o.Volumes.Include {
+		vols, partial, err := r.snapshotVolumes(ctx, o.Volumes, o.DryRun)
+		if err != nil {
+			return nil, err
+		}
+		if !o.DryRun {
+			req.Volumes, req.Partial = vols, partial
+			defer func() {
+				if !committed {
+					r.discardVolumes(ctx, vols, o.Volumes.Timeout)
+				}
+			}()
+		}
+	}
+	files := engineFiles{}
+	req.Encrypt.Keys = o.Encrypt.Keys
+	if req.Encrypt.KeysFile, err = files.add("recipients.txt", o.Encrypt.KeysFile, "the encryption recipients file"); err != nil {
+		return nil, err
+	}
+	if req.Encrypt.PassphraseFile, err = files.add("passphrase.txt", o.Encrypt.PassphraseFile, "the encryption passphrase file"); err != nil {
+		return nil, err
+	}
+	if o.Encrypt.Empty() {
+		r.log.Warn("the bundle is not encrypted: the vcluster values inside it may hold a database password")
+	}
+	ej, err := r.buildEngine(ctx, o.Engine, &engine.Request{Snapshot: req}, files,
+		cmp.Or(o.DatastorePassword, vc.Datastore.Password), vc.Datastore.Kind != vcluster.KindSQLite)
+	if err != nil {
+		return nil, err
+	}
+	r.p.step("%s", ej.Describe())
+	if o.DryRun {
+		out.Actions = r.p.actions
+		return out, nil
+	}
+	start := time.Now()
+	res, jr, err := r.runEngine(ctx, o.Engine, ej)
+	if err != nil {
+		if len(req.Volumes) > 0 {
+			return nil, fmt.Errorf("snapshot of %s/%s: %w; its volume snapshots are deleted again", vc.Namespace, vc.Name, err)
+		}
+		return nil, fmt.Errorf("snapshot of %s/%s: %w", vc.Namespace, vc.Name, err)
+	}
+	if res.Snapshot == nil {
+		return nil, fmt.Errorf("snapshot of %s/%s: the engine Job %s reported no bundle", vc.Namespace, vc.Name, jr.Job)
+	}
+	committed = true
+	cr := res.Snapshot
+	if cr.Manifest == nil {
+		// Left out of a result too long for the termination message: the store has it.
+		e, err := snapshot.Describe(ctx, cr.URL)
+		if err != nil {
+			return nil, fmt.Errorf("the engine wrote %s, but its manifest could not be read back: %w", cr.URL, err)
+		}
+		cr.Manifest = e.Manifest
+	}
+	cr.Duration = units.Since(start)
+	out.Create, out.Job, out.Actions = cr, jr.Job, r.p.actions
+	return out, nil
+}
