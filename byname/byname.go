@@ -280,13 +280,18 @@ func (r *run) runEngine(ctx context.Context, eo EngineOptions, ej *vcluster.Engi
 	return res, jr, nil
 }
 
-// summarize is the request as a dry run shows it: the vcluster values, which may hold a
-// database password, left out.
+// summarize is the request as a dry run shows it: the vcluster values (they may hold a
+// database password) and the identity (private keys) left out.
 func summarize(req *engine.Request) (string, error) {
 	c := *req
-	if s := c.Snapshot; s != nil && s.ValuesYAML != "" {
+	if s := c.Snapshot; s != nil {
 		cp := *s
-		cp.ValuesYAML = fmt.Sprintf("(%d bytes, not shown)", len(s.ValuesYAML))
+		if s.ValuesYAML != "" {
+			cp.ValuesYAML = fmt.Sprintf("(%d bytes, not shown)", len(s.ValuesYAML))
+		}
+		if s.Identity != "" {
+			cp.Identity = fmt.Sprintf("(%d bytes, not shown)", len(s.Identity))
+		}
 		c.Snapshot = &cp
 	}
 	b, err := json.Marshal(c)

@@ -3,6 +3,7 @@ package byname
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
+	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/translate"
 	"github.com/vcsnap/vcsnap/vcluster"
 	"github.com/vcsnap/vcsnap/volumes"
@@ -42,6 +44,12 @@ type RestoreOptions struct {
 	ToTime       time.Time
 	UpToLastGood bool
 	Volumes      VolumeRestoreOptions
+	// SkipIdentity leaves the virtual cluster's identity as it is. Otherwise a bundle
+	// that carries one (its PKI) restored into the virtual cluster it was taken of
+	// brings it back, so that kubeconfigs and tokens it issued work again; the Secret it
+	// replaces is kept as NAME-certs-vcsnap-previous. Into another name or host
+	// namespace the identity is not restored (its certificates name the old one).
+	SkipIdentity bool
 	// Progress reports the verification of the bundle before anything is touched.
 	Progress snapshot.ProgressFunc
 	DryRun   bool
@@ -70,6 +78,8 @@ type RestoreResult struct {
 	Duration    units.Seconds    `json:"durationSeconds"`
 	// Volumes are the PVCs re-created from the bundle's volume snapshots.
 	Volumes []volumes.Restored `json:"volumes,omitempty"`
+	// Identity are the identity Secrets written from the bundle.
+	Identity []vcluster.RestoredSecret `json:"identity,omitempty"`
 	// Actions are the steps, in order (a dry run's plan).
 	Actions []string `json:"-"`
 }
@@ -98,6 +108,7 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 
 	// 1. The bundle, verified before anything is touched.
 	var m *bundle.Manifest
+	var identity *vcluster.Identity
 	switch {
 	case o.pointInTime():
 		p.step("the engine finds the point in time in the chains under %s and verifies them before it writes", o.Store)
@@ -109,12 +120,28 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 		m = e.Manifest
 		p.step("verify the whole bundle %s (%d keys, revision %d, from %s %s/%s)", o.Store, m.Keys, m.Revision, m.Source.Datastore, m.Source.VClusterNamespace, m.Source.VClusterName)
 	default:
-		v, err := snapshot.Verify(ctx, o.Store, snapshot.ReadOptions{Progress: o.Progress, Keys: o.Keys})
+		// One read verifies the whole bundle and picks up the identity in its body.
+		loc, err := storage.Open(ctx, o.Store)
+		if err != nil {
+			return nil, err
+		}
+		var identityJSON string
+		m, _, err = snapshot.Scan(ctx, loc, snapshot.ReadOptions{Progress: o.Progress, Keys: o.Keys}, func(rec *bundle.Record) error {
+			if rec.Type == bundle.RecordMeta && rec.Meta != nil {
+				identityJSON = rec.Meta.Extra[bundle.ExtraIdentity]
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, fmt.Errorf("the bundle failed verification; the virtual cluster was not touched: %w", err)
 		}
-		m = v.Manifest
-		p.step("verified the bundle %s: %d keys, revision %d", v.URL, m.Keys, m.Revision)
+		p.step("verified the bundle %s: %d keys, revision %d", loc.Store.URL(loc.Name), m.Keys, m.Revision)
+		if identityJSON != "" {
+			identity = &vcluster.Identity{}
+			if err := json.Unmarshal([]byte(identityJSON), identity); err != nil {
+				return nil, fmt.Errorf("the bundle's identity record is unreadable; the virtual cluster was not touched: %w", err)
+			}
+		}
 	}
 	if m != nil && m.Kind != bundle.KindFull {
 		return nil, fmt.Errorf("%w: %s is a %s bundle; a restore needs a full bundle (or a point in time)", ErrOption, o.Store, m.Kind)
@@ -137,6 +164,7 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 		p.step("%s", desc)
 		req.Translate = spec
 	}
+	identity = r.identityPlan(m, identity, o)
 	files := engineFiles{}
 	for i, f := range o.Keys.IdentityFiles {
 		pth, err := files.add(fmt.Sprintf("identity-%d.txt", i), f, "the identity file")
@@ -204,7 +232,16 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 	if runErr != nil {
 		r.removeRestoredVolumes(ctx, restoredVols)
 	}
+	var restoredIDs []vcluster.RestoredSecret
+	var idErr error
+	if runErr == nil && identity != nil {
+		// Before the control plane starts: the syncer copies it into its PKI then.
+		restoredIDs, idErr = vcluster.RestoreIdentity(context.WithoutCancel(ctx), r.cs, vc.Namespace, identity)
+	}
 	resumeErr := resume()
+	if idErr != nil {
+		return nil, fmt.Errorf("the datastore of %s/%s was restored, but its identity was not: %w; run the restore again to bring the identity back", vc.Namespace, vc.Name, idErr)
+	}
 	if runErr != nil {
 		err := fmt.Errorf("restore of %s/%s failed; the datastore was left as it was: %w", vc.Namespace, vc.Name, runErr)
 		if resumeErr != nil {
@@ -232,7 +269,38 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 		res.SafetyBackup += "?" + q // the store's options (endpoint, region) reach it too
 	}
 	return &RestoreResult{Restore: res, Translation: eng.Translation, VCluster: vc.Namespace + "/" + vc.Name, Datastore: vc.Datastore.Kind,
-		Job: jr.Job, Duration: units.Since(startTime), Volumes: restoredVols, Actions: p.actions}, nil
+		Job: jr.Job, Duration: units.Since(startTime), Volumes: restoredVols, Identity: restoredIDs, Actions: p.actions}, nil
+}
+
+// identityPlan decides whether the bundle's identity comes back (only into the virtual
+// cluster it was taken of) and says so in the plan; it returns the identity to restore.
+func (r *run) identityPlan(m *bundle.Manifest, id *vcluster.Identity, o RestoreOptions) *vcluster.Identity {
+	if m == nil || len(m.Identity) == 0 {
+		return nil
+	}
+	vc := r.vc
+	var names []string
+	for _, it := range m.Identity {
+		if it.Kind == "Secret" {
+			names = append(names, it.Name)
+		}
+	}
+	switch {
+	case len(names) == 0:
+		return nil
+	case o.SkipIdentity:
+		r.p.step("leave the identity of %s/%s as it is (asked to); the bundle's (%s) is not restored", vc.Namespace, vc.Name, strings.Join(names, ", "))
+		return nil
+	case m.Source.VClusterName != vc.Name || m.Source.VClusterNamespace != vc.Namespace:
+		r.p.step("leave the identity of %s/%s as it is: the bundle's certificates (%s) name %s/%s", vc.Namespace, vc.Name, strings.Join(names, ", "), m.Source.VClusterNamespace, m.Source.VClusterName)
+		return nil
+	}
+	r.p.step("restore the identity before the control plane starts: Secret %s (a Secret it replaces is kept as NAME%s)", strings.Join(names, ", "), vcluster.PreviousSuffix)
+	if id == nil && !r.p.dryRun {
+		// Listed in the manifest but not read: only a dry run does not read the body.
+		r.log.Warn("the bundle lists an identity its body does not hold: it is not restored")
+	}
+	return id
 }
 
 // moveSpec is the translation for restoring a bundle of from (the bundle's manifest,

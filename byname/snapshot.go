@@ -3,8 +3,10 @@ package byname
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/vcsnap/vcsnap/engine"
@@ -27,6 +29,10 @@ type SnapshotOptions struct {
 	// KubernetesVersion overrides the one found on the control plane.
 	KubernetesVersion string
 	Volumes           VolumeOptions
+	// IncludeIdentity records the virtual cluster's identity (its PKI: CA, service
+	// account signing key, ...) also in a bundle that is not encrypted; an encrypted
+	// bundle always carries it.
+	IncludeIdentity bool
 	// DryRun finds the virtual cluster and returns the plan without doing anything.
 	DryRun bool
 	Logger *slog.Logger
@@ -50,6 +56,10 @@ type SnapshotResult struct {
 	Job string
 	// Actions are the steps, in order (a dry run's plan).
 	Actions []string
+	// Identity names what of the identity the bundle carries; IdentityLeftOut says
+	// that it was left out of an unencrypted bundle.
+	Identity        []bundle.IdentityItem
+	IdentityLeftOut bool
 }
 
 // Snapshot writes a bundle of the virtual cluster name in namespace on the host: its
@@ -106,6 +116,25 @@ func Snapshot(ctx context.Context, h *Host, namespace, name string, o SnapshotOp
 	if o.Encrypt.Empty() {
 		r.log.Warn("the bundle is not encrypted: the vcluster values inside it may hold a database password")
 	}
+	if !o.Encrypt.Empty() || o.IncludeIdentity {
+		id, err := vcluster.ReadIdentity(ctx, r.cs, vc)
+		if err != nil {
+			return nil, err
+		}
+		if req.Identity, req.IdentityItems, err = identityRecord(id); err != nil {
+			return nil, err
+		}
+		for _, it := range req.IdentityItems {
+			r.p.step("record the identity: %s %s (%s)", it.Kind, it.Name, it.Detail)
+		}
+		if len(id.Secrets) == 0 {
+			r.log.Warn("the virtual cluster has no certificates Secret yet (it has not started once): the bundle carries no PKI", "secret", vcluster.CertsSecretName(vc.Name))
+		}
+	} else {
+		out.IdentityLeftOut = true
+		r.p.step("leave out the identity (CA, service account signing key): the bundle is not encrypted; encrypt it, or include the identity anyway")
+	}
+	out.Identity = req.IdentityItems
 	ej, err := r.buildEngine(ctx, o.Engine, &engine.Request{Snapshot: req}, files,
 		cmp.Or(o.DatastorePassword, vc.Datastore.Password), vc.Datastore.Kind != vcluster.KindSQLite)
 	if err != nil {
@@ -140,4 +169,27 @@ func Snapshot(ctx context.Context, h *Host, namespace, name string, o SnapshotOp
 	cr.Duration = units.Since(start)
 	out.Create, out.Job, out.Actions = cr, jr.Job, r.p.actions
 	return out, nil
+}
+
+// identityRecord is the identity as the bundle carries it: JSON for the body and the
+// names for the manifest.
+func identityRecord(id *vcluster.Identity) (string, []bundle.IdentityItem, error) {
+	var items []bundle.IdentityItem
+	for _, s := range id.Secrets {
+		keys := make([]string, 0, len(s.Data))
+		for k := range s.Data {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		items = append(items, bundle.IdentityItem{Kind: "Secret", Name: s.Name, Keys: keys, Detail: fmt.Sprintf("%d keys", len(keys))})
+	}
+	if rel := id.Release; rel != nil {
+		items = append(items, bundle.IdentityItem{Kind: "HelmRelease", Name: rel.Name,
+			Detail: fmt.Sprintf("chart %s %s, revision %d", rel.Chart, rel.Version, rel.Revision)})
+	}
+	if len(items) == 0 {
+		return "", nil, nil
+	}
+	b, err := json.Marshal(id)
+	return string(b), items, err
 }

@@ -49,6 +49,10 @@ type SnapshotRequest struct {
 	Volumes []bundle.Volume    `json:"volumes,omitempty"`
 	Partial bool               `json:"partial,omitempty"`
 	Encrypt encrypt.Recipients `json:"encrypt"`
+	// Identity is the virtual cluster's identity (JSON of vcluster.Identity), kept inside
+	// the body; IdentityItems name its parts in the manifest.
+	Identity      string                `json:"identity,omitempty"`
+	IdentityItems []bundle.IdentityItem `json:"identityItems,omitempty"`
 }
 
 // RestoreRequest asks the engine to replace the datastore's keys with a bundle's (or a

@@ -38,8 +38,13 @@ func executeSnapshot(ctx context.Context, r *SnapshotRequest, o ExecOptions) (*R
 		Datastore: r.Datastore, Store: r.Store, Overwrite: r.Overwrite, Source: r.Source,
 		Volumes: r.Volumes, Partial: r.Partial, Encrypt: r.Encrypt, Tool: o.Tool, Progress: o.Progress,
 	}
+	co.Extra = map[string]string{}
 	if r.ValuesYAML != "" {
-		co.Extra = map[string]string{bundle.ExtraVClusterValues: r.ValuesYAML}
+		co.Extra[bundle.ExtraVClusterValues] = r.ValuesYAML
+	}
+	if r.Identity != "" {
+		co.Extra[bundle.ExtraIdentity] = r.Identity
+		co.Identity = r.IdentityItems
 	}
 	res, err := snapshot.Create(ctx, co)
 	if err != nil {

@@ -54,6 +54,8 @@ type CreateOptions struct {
 	// Volume.Error says why).
 	Volumes []bundle.Volume
 	Partial bool
+	// Identity names what of the virtual cluster's identity Extra carries.
+	Identity []bundle.IdentityItem
 	// Encrypt, when not empty, encrypts the bundle body for these recipients.
 	Encrypt encrypt.Recipients
 	// Tool names this program and version in the bundle.
@@ -229,7 +231,7 @@ func writeBundle(ctx context.Context, src datastore.Source, out io.Writer, o Cre
 		w.Abort()
 		return nil, err
 	}
-	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain, Purpose: o.Purpose, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes)})
+	m, err := w.Close(bundle.Manifest{Revision: rev, Source: o.Source, Chain: o.Chain, Purpose: o.Purpose, Volumes: o.Volumes, Partial: o.Partial || hasFailedVolume(o.Volumes), Identity: o.Identity})
 	if err != nil {
 		return nil, err
 	}

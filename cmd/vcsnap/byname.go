@@ -98,7 +98,7 @@ func (a *app) printPlan(actions []string) error {
 
 // ---- snapshot create NAME -n NS STORE_URL ----
 
-func (a *app) createByName(ctx context.Context, kf *kubeFlags, vf volumeFlags, o snapshot.CreateOptions, name, store string) error {
+func (a *app) createByName(ctx context.Context, kf *kubeFlags, vf volumeFlags, includeIdentity bool, o snapshot.CreateOptions, name, store string) error {
 	if err := byname.CheckStore(store); err != nil {
 		return err
 	}
@@ -111,8 +111,8 @@ func (a *app) createByName(ctx context.Context, kf *kubeFlags, vf volumeFlags, o
 	res, err := byname.Snapshot(ctx, h, kf.namespace, name, byname.SnapshotOptions{
 		Store: store, Overwrite: o.Overwrite, Encrypt: o.Encrypt, Engine: a.engine(kf),
 		DatastorePassword: o.DatastoreOptions.Password, KubernetesVersion: o.Source.KubernetesVersion,
-		Volumes: byname.VolumeOptions{Include: vf.include, AllowPartial: vf.allowPartial, Timeout: vf.timeout},
-		DryRun:  kf.dryRun, Logger: slog.Default(),
+		Volumes:         byname.VolumeOptions{Include: vf.include, AllowPartial: vf.allowPartial, Timeout: vf.timeout},
+		IncludeIdentity: includeIdentity, DryRun: kf.dryRun, Logger: slog.Default(),
 	})
 	if err != nil {
 		return err
@@ -125,6 +125,12 @@ func (a *app) createByName(ctx context.Context, kf *kubeFlags, vf volumeFlags, o
 		m := cr.Manifest
 		fmt.Fprintf(a.stdout, "Snapshot %s of virtual cluster %s/%s (%s) complete: %d keys, %d leases, %s of values in %s stored, revision %d, %s\n",
 			cr.URL, vc.Namespace, vc.Name, vc.Datastore.Kind, m.Keys, m.Leases, humanBytes(m.ValueBytes), humanBytes(cr.Size), m.Revision, cr.Duration.Round(time.Millisecond))
+		for _, it := range res.Identity {
+			fmt.Fprintf(a.stdout, "Identity recorded: %s\n", identityLine(it))
+		}
+		if res.IdentityLeftOut {
+			fmt.Fprintln(a.stdout, "Identity left out: the bundle is not encrypted, and the identity holds the virtual cluster's CA and service account keys (encrypt the bundle, or pass --include-identity)")
+		}
 	})
 }
 
@@ -165,6 +171,13 @@ func (a *app) restoreByName(ctx context.Context, kf *kubeFlags, o byname.Restore
 		}
 		for _, v := range out.Volumes {
 			fmt.Fprintf(a.stdout, "Restored volume %s/%s from snapshot %s\n", v.Namespace, v.PVC, v.From.SnapshotHandle)
+		}
+		for _, s := range out.Identity {
+			if s.Previous != "" {
+				fmt.Fprintf(a.stdout, "Restored the identity Secret %s (the one it replaced is kept as %s)\n", s.Name, s.Previous)
+			} else {
+				fmt.Fprintf(a.stdout, "Restored the identity Secret %s\n", s.Name)
+			}
 		}
 	})
 }
@@ -216,4 +229,9 @@ func readVolumesFile(path string) ([]bundle.Volume, error) {
 		return nil, fmt.Errorf("--volumes-file %s: not a JSON list of volume records: %w", path, err)
 	}
 	return vols, nil
+}
+
+// identityLine names one part of a bundle's identity, never its contents.
+func identityLine(it bundle.IdentityItem) string {
+	return fmt.Sprintf("%s %s (%s)", it.Kind, it.Name, it.Detail)
 }

@@ -48,6 +48,7 @@ func (a *app) createCommand() *cobra.Command {
 	var rep reportFlags
 	var kf kubeFlags
 	var vf volumeFlags
+	var includeIdentity bool
 	var valuesFile, volumesFile string
 	cmd := &cobra.Command{
 		Use:   "create (NAME -n NAMESPACE | --datastore URL) STORE_URL",
@@ -71,10 +72,13 @@ reads that datastore itself.`,
 				if err := vf.check(cmd.Flags()); err != nil {
 					return err
 				}
-				return a.createByName(cmd.Context(), &kf, vf, o, args[0], expandTime(args[1], time.Now()))
+				return a.createByName(cmd.Context(), &kf, vf, includeIdentity, o, args[0], expandTime(args[1], time.Now()))
 			}
 			if vf.include {
 				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap finds its PVCs on the host")}
+			}
+			if includeIdentity {
+				return usageError{fmt.Errorf("--include-identity needs a virtual cluster NAME: vcsnap reads its Secrets on the host")}
 			}
 			if kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -135,6 +139,7 @@ reads that datastore itself.`,
 	f.BoolVar(&o.Partial, "partial", false, "mark the bundle partial (some volumes were not captured)")
 	kf.add(f, true)
 	vf.addCreate(f)
+	f.BoolVar(&includeIdentity, "include-identity", false, "with NAME: record the virtual cluster's identity (its PKI: CA, service account signing key) also in an unencrypted bundle; an encrypted one always carries it")
 	f.StringArrayVar(&o.Encrypt.Keys, "encrypt-recipient", nil, "encrypt for this age public key (age1...); repeatable")
 	f.StringVar(&o.Encrypt.KeysFile, "encrypt-recipients-file", "", "encrypt for the age public keys in this file, one per line")
 	f.StringVar(&o.Encrypt.PassphraseFile, "encrypt-passphrase-file", "", "encrypt with the passphrase in this file (scrypt)")
@@ -337,6 +342,9 @@ func (a *app) printManifest(url string, size int64, m *bundle.Manifest) {
 	for _, v := range m.Volumes {
 		row("Volume", volumeLine(v))
 	}
+	for _, it := range m.Identity {
+		row("Identity", identityLine(it))
+	}
 	tw.Flush()
 }
 
@@ -417,6 +425,7 @@ func (a *app) restoreCommand() *cobra.Command {
 	var noSafety bool
 	var kf kubeFlags
 	var vf volumeFlags
+	var noIdentity bool
 	var toTime string
 	var tf translate.Spec
 	var tg targetFlags
@@ -468,7 +477,7 @@ With --datastore, stop the virtual control plane first.`,
 				if err := vf.check(cmd.Flags()); err != nil {
 					return err
 				}
-				bo := byname.RestoreOptions{Store: args[1], Keys: o.Keys, NoSafetyBackup: noSafety, ToRevision: o.To.Revision,
+				bo := byname.RestoreOptions{Store: args[1], Keys: o.Keys, NoSafetyBackup: noSafety, SkipIdentity: noIdentity, ToRevision: o.To.Revision,
 					UpToLastGood: o.UpToLastGood, MaxRevisionWrites: o.DatastoreOptions.MaxRevisionWrites, DatastorePassword: o.DatastoreOptions.Password}
 				if o.BumpRevision != restore.DefaultBumpRevision {
 					bo.BumpRevision = o.BumpRevision
@@ -489,6 +498,9 @@ With --datastore, stop the virtual control plane first.`,
 			}
 			if vf.include {
 				return usageError{fmt.Errorf("--include-volumes needs a virtual cluster NAME: vcsnap re-creates its PVCs on the host")}
+			}
+			if noIdentity {
+				return usageError{fmt.Errorf("--no-identity needs a virtual cluster NAME: with --datastore no identity is restored")}
 			}
 			if kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -559,6 +571,7 @@ With --datastore, stop the virtual control plane first.`,
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
 	kf.add(f, true)
 	vf.addRestore(f)
+	f.BoolVar(&noIdentity, "no-identity", false, "with NAME: keep the virtual cluster's identity (its certificates Secret) as it is, even when the bundle carries one for it")
 	addTranslateFlags(f, &tf)
 	addTargetFlags(f, &tg)
 	return cmd

@@ -160,7 +160,25 @@ type Manifest struct {
 	// manifest (handles, names and sizes are not secret) so that copying a bundle to
 	// another region can rewrite the handles without the decryption key.
 	Volumes []Volume `json:"volumes,omitempty"`
+	// Identity lists what of the virtual cluster's identity (its PKI, its Helm release)
+	// the body carries: names only, the contents are in the meta record's
+	// ExtraIdentity, encrypted when the bundle is.
+	Identity []IdentityItem `json:"identity,omitempty"`
 }
+
+// IdentityItem names one part of a virtual cluster's identity a bundle carries.
+type IdentityItem struct {
+	// Kind is "Secret" or "HelmRelease".
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	// Keys are a Secret's key names (never their values).
+	Keys []string `json:"keys,omitempty"`
+	// Detail says more, such as a release's chart and version.
+	Detail string `json:"detail,omitempty"`
+}
+
+// ExtraIdentity is the meta record's key for the virtual cluster's identity (JSON).
+const ExtraIdentity = "vclusterIdentity"
 
 // PurposeSafety marks a safety backup: a datastore's keys saved before vcsnap replaced
 // them (restore --force, migrate --force).
