@@ -180,6 +180,7 @@ func (w *watcher) run(ctx context.Context) error {
 	if err := w.resume(ctx); err != nil {
 		return err
 	}
+	var lastWarn time.Time
 	for {
 		if w.chain == "" {
 			if err := w.newChain(ctx); err != nil {
@@ -189,7 +190,7 @@ func (w *watcher) run(ctx context.Context) error {
 				return err
 			}
 		}
-		err := w.followChain(ctx)
+		err := w.followChain(ctx, &lastWarn)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -199,6 +200,7 @@ func (w *watcher) run(ctx context.Context) error {
 			w.chain = ""
 		case errors.Is(err, datastore.ErrUnavailable):
 			slog.Warn("lost the datastore's change stream; reconnecting", "error", err)
+			w.checkSilence(&lastWarn) // a stream that fails at once never reaches followChain's ticker
 			select {
 			case <-ctx.Done():
 				return nil
@@ -378,15 +380,18 @@ func (w *watcher) checkSilence(lastWarn *time.Time) {
 
 // followChain follows the datastore from the chain's last revision, cutting deltas and
 // taking full bundles on schedule, until ctx ends or the stream fails.
-func (w *watcher) followChain(ctx context.Context) error {
+func (w *watcher) followChain(ctx context.Context, lastWarn *time.Time) error {
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ferr := make(chan error, 1)
 	w.mu.Lock()
 	from := w.upTo
-	w.heard = time.Now()
+	if w.heard.IsZero() {
+		// Only the first time: a stream that fails and reconnects over and over is
+		// silent all along, and checkSilence must see that.
+		w.heard = time.Now()
+	}
 	w.mu.Unlock()
-	var lastWarn time.Time
 	go func() { ferr <- w.follow.Follow(fctx, from, w.o.DeltaEvery, w.deliver) }()
 	tick := time.NewTicker(w.o.DeltaEvery)
 	defer tick.Stop()
@@ -427,7 +432,7 @@ func (w *watcher) followChain(ctx context.Context) error {
 			final()
 			return err
 		case <-tick.C:
-			w.checkSilence(&lastWarn)
+			w.checkSilence(lastWarn)
 		case <-w.full:
 		case <-fullDue.C:
 			fullDone = make(chan fullResult, 1)

@@ -132,7 +132,7 @@ func TestStalledRunsSaySo(t *testing.T) {
 	proxy.StallAfter(2 << 20)
 	create := startVcsnap(t, "snapshot", "create", "--datastore", "etcd://"+proxy.Addr, "file://"+t.TempDir()+"/snap")
 	<-proxy.Stalled()
-	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(create.stderr.String(), "still working: no progress report") })
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(create.stderr.String(), "still working: no progress report") }, create.stderr)
 	proxy.Release()
 	create.stop(syscall.SIGINT)
 
@@ -146,9 +146,9 @@ func TestStalledRunsSaySo(t *testing.T) {
 	defer stop()
 	w := startVcsnap(t, "snapshot", "watch", "--datastore", e.URL, "--delta-every", "1s", "file://"+dir+"/pitr/")
 	defer w.stop(syscall.SIGTERM)
-	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(w.stderr.String(), "full") })
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(w.stderr.String(), "full") }, w.stderr)
 	stop()
-	waitForLong(t, 90*time.Second, func() bool { return strings.Contains(w.stderr.String(), "nothing is being captured") })
+	waitForLong(t, 90*time.Second, func() bool { return strings.Contains(w.stderr.String(), "nothing is being captured") }, w.stderr)
 }
 
 // running is the CLI started as its own process, its stderr collected as it comes.
@@ -177,12 +177,12 @@ func (r *running) stop(sig syscall.Signal) error {
 	return <-r.exited
 }
 
-func waitForLong(t *testing.T, d time.Duration, cond func() bool) {
+func waitForLong(t *testing.T, d time.Duration, cond func() bool, output *syncBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
+			t.Fatalf("condition not met within %v; the process said:\n%s", d, output.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -253,13 +253,13 @@ func TestSmallerRoughEdges(t *testing.T) {
 	waitForLong(t, 60*time.Second, func() bool {
 		f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full"))
 		return len(f) > 0
-	})
+	}, w.stderr)
 	for i := range 3 {
 		srcCli.Put(context.Background(), "/registry/configmaps/ns/late", strings.Repeat("x", i+1))
 		waitForLong(t, 60*time.Second, func() bool {
 			d, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
 			return len(d) > i
-		})
+		}, w.stderr)
 	}
 	w.stop(syscall.SIGTERM)
 	deltas, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
@@ -349,7 +349,7 @@ func TestPruneRacingCreate(t *testing.T) {
 	waitForLong(t, 60*time.Second, func() bool {
 		p, _ := filepath.Glob(filepath.Join(dir, "c.vcsnap-*.part"))
 		return len(p) == 1
-	})
+	}, c.stderr)
 	r := vcsnap(t, nil, "snapshot", "prune", "--keep-last", "1", "file://"+dir)
 	if r.code != exitOK || !strings.Contains(r.stdout, "upload may still be running") {
 		t.Fatalf("prune during a create: %+v", r)
@@ -423,19 +423,19 @@ func TestOneWatcherPerPrefix(t *testing.T) {
 	waitForLong(t, 60*time.Second, func() bool {
 		f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full"))
 		return len(f) == 1
-	})
+	}, a.stderr)
 	b := startVcsnap(t, args...)
-	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(b.stderr.String(), "another watcher keeps the chains") })
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(b.stderr.String(), "another watcher keeps the chains") }, b.stderr)
 	srcCli.Put(context.Background(), "/registry/configmaps/ns/while-a", "1")
 	waitForLong(t, 60*time.Second, func() bool {
 		d, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-delta"))
 		return len(d) >= 1
-	})
+	}, b.stderr)
 	if f, _ := filepath.Glob(filepath.Join(dir, "pitr", "*-full")); len(f) != 1 {
 		t.Fatalf("a second chain was started while the first watcher ran: %v", f)
 	}
 	a.stop(syscall.SIGKILL)
-	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(b.stderr.String(), "took over the prefix") })
+	waitForLong(t, 60*time.Second, func() bool { return strings.Contains(b.stderr.String(), "took over the prefix") }, b.stderr)
 	resp, err := srcCli.Put(context.Background(), "/registry/configmaps/ns/after-takeover", "2")
 	if err != nil {
 		t.Fatal(err)
@@ -443,7 +443,7 @@ func TestOneWatcherPerPrefix(t *testing.T) {
 	waitForLong(t, 60*time.Second, func() bool {
 		r := vcsnap(t, nil, "snapshot", "list", "--chains", "-o", "json", pitr)
 		return strings.Contains(r.stdout, fmt.Sprintf(`"toRevision": %d`, resp.Header.Revision))
-	})
+	}, b.stderr)
 	if err := b.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("the second watcher: %v\n%s", err, b.stderr.String())
 	}
