@@ -50,6 +50,8 @@ type RestoreOptions struct {
 	// replaces is kept as NAME-certs-vcsnap-previous. Into another name or host
 	// namespace the identity is not restored (its certificates name the old one).
 	SkipIdentity bool
+	// Create installs the virtual cluster first, on a host where it does not exist.
+	Create *CreateOptions
 	// Progress reports the verification of the bundle before anything is touched.
 	Progress snapshot.ProgressFunc
 	DryRun   bool
@@ -78,6 +80,8 @@ type RestoreResult struct {
 	Duration    units.Seconds    `json:"durationSeconds"`
 	// Volumes are the PVCs re-created from the bundle's volume snapshots.
 	Volumes []volumes.Restored `json:"volumes,omitempty"`
+	// Created says which chart installed the virtual cluster (Create).
+	Created string `json:"created,omitempty"`
 	// Identity are the identity Secrets written from the bundle.
 	Identity []vcluster.RestoredSecret `json:"identity,omitempty"`
 	// Actions are the steps, in order (a dry run's plan).
@@ -94,11 +98,14 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 	if o.Volumes.Include && o.pointInTime() {
 		return nil, fmt.Errorf("%w: volumes are restored from one bundle; a point in time has none: restore the volumes from the chain's full bundle", ErrOption)
 	}
+	if o.Create != nil {
+		return createAndRestore(ctx, h, namespace, name, o, startTime)
+	}
 	r, err := start(ctx, h, namespace, name, o.Store, o.DryRun, o.Logger)
 	if err != nil {
 		return nil, err
 	}
-	vc, p := r.vc, r.p
+	vc := r.vc
 	if active, err := vcluster.ActiveEngineJobs(ctx, r.cs, vc); err != nil {
 		return nil, err
 	} else if len(active) > 0 {
@@ -106,9 +113,26 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 			ErrBusy, vc.Namespace, vc.Name, strings.Join(active, ", "), vcluster.ResumeCommand(vc.Namespace, vc.Name))
 	}
 
-	// 1. The bundle, verified before anything is touched.
-	var m *bundle.Manifest
-	var identity *vcluster.Identity
+	b, err := r.verify(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return r.restore(ctx, o, b, startTime)
+}
+
+// verified is a bundle read before anything is touched: its manifest (nil for a point
+// in time, which the engine verifies) and what its body holds of the virtual cluster.
+type verified struct {
+	m        *bundle.Manifest
+	identity *vcluster.Identity
+	values   string // the vcluster values (config.yaml)
+}
+
+// verify reads the whole bundle (a dry run only its manifest) and checks it is one a
+// restore can take.
+func (r *run) verify(ctx context.Context, o RestoreOptions) (*verified, error) {
+	p, b := r.p, &verified{}
+	var err error
 	switch {
 	case o.pointInTime():
 		p.step("the engine finds the point in time in the chains under %s and verifies them before it writes", o.Store)
@@ -117,35 +141,42 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 		if err != nil {
 			return nil, err
 		}
-		m = e.Manifest
-		p.step("verify the whole bundle %s (%d keys, revision %d, from %s %s/%s)", o.Store, m.Keys, m.Revision, m.Source.Datastore, m.Source.VClusterNamespace, m.Source.VClusterName)
+		b.m = e.Manifest
+		p.step("verify the whole bundle %s (%d keys, revision %d, from %s %s/%s)", o.Store, b.m.Keys, b.m.Revision, b.m.Source.Datastore, b.m.Source.VClusterNamespace, b.m.Source.VClusterName)
 	default:
-		// One read verifies the whole bundle and picks up the identity in its body.
+		// One read verifies the whole bundle and picks up what its body holds.
 		loc, err := storage.Open(ctx, o.Store)
 		if err != nil {
 			return nil, err
 		}
 		var identityJSON string
-		m, _, err = snapshot.Scan(ctx, loc, snapshot.ReadOptions{Progress: o.Progress, Keys: o.Keys}, func(rec *bundle.Record) error {
+		b.m, _, err = snapshot.Scan(ctx, loc, snapshot.ReadOptions{Progress: o.Progress, Keys: o.Keys}, func(rec *bundle.Record) error {
 			if rec.Type == bundle.RecordMeta && rec.Meta != nil {
-				identityJSON = rec.Meta.Extra[bundle.ExtraIdentity]
+				identityJSON, b.values = rec.Meta.Extra[bundle.ExtraIdentity], rec.Meta.Extra[bundle.ExtraVClusterValues]
 			}
 			return nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("the bundle failed verification; the virtual cluster was not touched: %w", err)
 		}
-		p.step("verified the bundle %s: %d keys, revision %d", loc.Store.URL(loc.Name), m.Keys, m.Revision)
+		p.step("verified the bundle %s: %d keys, revision %d", loc.Store.URL(loc.Name), b.m.Keys, b.m.Revision)
 		if identityJSON != "" {
-			identity = &vcluster.Identity{}
-			if err := json.Unmarshal([]byte(identityJSON), identity); err != nil {
+			b.identity = &vcluster.Identity{}
+			if err := json.Unmarshal([]byte(identityJSON), b.identity); err != nil {
 				return nil, fmt.Errorf("the bundle's identity record is unreadable; the virtual cluster was not touched: %w", err)
 			}
 		}
 	}
-	if m != nil && m.Kind != bundle.KindFull {
-		return nil, fmt.Errorf("%w: %s is a %s bundle; a restore needs a full bundle (or a point in time)", ErrOption, o.Store, m.Kind)
+	if b.m != nil && b.m.Kind != bundle.KindFull {
+		return nil, fmt.Errorf("%w: %s is a %s bundle; a restore needs a full bundle (or a point in time)", ErrOption, o.Store, b.m.Kind)
 	}
+	return b, err
+}
+
+// restore pauses r.vc, restores the bundle into it and resumes it.
+func (r *run) restore(ctx context.Context, o RestoreOptions, b *verified, startTime time.Time) (*RestoreResult, error) {
+	vc, p, m, identity := r.vc, r.p, b.m, b.identity
+	var err error
 	if m != nil && m.Source.VClusterName != "" && (m.Source.VClusterName != vc.Name || m.Source.VClusterNamespace != vc.Namespace) {
 		r.log.Warn("the bundle was taken of another virtual cluster", "bundle", m.Source.VClusterNamespace+"/"+m.Source.VClusterName, "target", vc.Namespace+"/"+vc.Name)
 	}

@@ -159,6 +159,9 @@ func (a *app) restoreByName(ctx context.Context, kf *kubeFlags, o byname.Restore
 	}
 	res := out.Restore
 	return a.emit(out, func() {
+		if out.Created != "" {
+			fmt.Fprintf(a.stdout, "Created virtual cluster %s from %s\n", out.VCluster, out.Created)
+		}
 		fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s (%s): %d keys, %d leases; revision now %d (snapshot %d, before %d); running again, %s\n",
 			res.URL, out.VCluster, out.Datastore, res.Manifest.Keys, res.Manifest.Leases, res.Revision, res.Manifest.Revision,
 			res.PreviousRevision, out.Duration.Round(time.Millisecond))

@@ -425,7 +425,8 @@ func (a *app) restoreCommand() *cobra.Command {
 	var noSafety bool
 	var kf kubeFlags
 	var vf volumeFlags
-	var noIdentity bool
+	var noIdentity, create bool
+	var chartSrc string
 	var toTime string
 	var tf translate.Spec
 	var tg targetFlags
@@ -487,6 +488,11 @@ With --datastore, stop the virtual control plane first.`,
 				if bo.Volumes, err = vf.restoreOptions(); err != nil {
 					return err
 				}
+				if create {
+					bo.Create = &byname.CreateOptions{Chart: chartSrc}
+				} else if chartSrc != "" {
+					return usageError{fmt.Errorf("--chart goes with --create")}
+				}
 				name, err := retarget(&kf, &bo, &tg, &tf, args[0])
 				if err != nil {
 					return err
@@ -501,6 +507,9 @@ With --datastore, stop the virtual control plane first.`,
 			}
 			if noIdentity {
 				return usageError{fmt.Errorf("--no-identity needs a virtual cluster NAME: with --datastore no identity is restored")}
+			}
+			if create || chartSrc != "" {
+				return usageError{fmt.Errorf("--create and --chart need a virtual cluster NAME")}
 			}
 			if kf.dryRun {
 				return usageError{fmt.Errorf("--dry-run needs a virtual cluster NAME")}
@@ -571,6 +580,8 @@ With --datastore, stop the virtual control plane first.`,
 	f.Int64Var(&o.DatastoreOptions.MaxRevisionWrites, "max-revision-writes", 0, "most writes to spend raising an API target's revision (default 2000000)")
 	kf.add(f, true)
 	vf.addRestore(f)
+	f.BoolVar(&create, "create", false, "with NAME: install the virtual cluster first (a host where it does not exist): its chart version and values from the bundle, its identity when it keeps its name and namespace; a failure removes what was created")
+	f.StringVar(&chartSrc, "chart", "", "with --create: where the vcluster chart comes from: a directory, a .tgz, a chart repository URL or oci://...")
 	f.BoolVar(&noIdentity, "no-identity", false, "with NAME: keep the virtual cluster's identity (its certificates Secret) as it is, even when the bundle carries one for it")
 	addTranslateFlags(f, &tf)
 	addTargetFlags(f, &tg)

@@ -56,10 +56,10 @@ func exitCode(err error) int {
 		return exitCorrupt
 	case errors.Is(err, snapshot.ErrNoPoint):
 		return exitNotFound
-	case errors.Is(err, storage.ErrNotFound), errors.Is(err, vcluster.ErrNotFound):
+	case errors.Is(err, storage.ErrNotFound), errors.Is(err, vcluster.ErrNotFound), errors.Is(err, byname.ErrChart):
 		return exitNotFound
 	case errors.Is(err, datastore.ErrTargetNotEmpty), errors.Is(err, snapshot.ErrExists), errors.Is(err, datastore.ErrRevisionGap),
-		errors.Is(err, volumes.ErrPVCExists), errors.Is(err, datastore.ErrPrefixReplace), errors.Is(err, snapshot.ErrBreaksChain):
+		errors.Is(err, volumes.ErrPVCExists), errors.Is(err, datastore.ErrPrefixReplace), errors.Is(err, snapshot.ErrBreaksChain), errors.Is(err, byname.ErrExists):
 		return exitRefused
 	case errors.Is(err, bundle.ErrEncrypted), errors.Is(err, bundle.ErrDecrypt):
 		return exitNoKey
