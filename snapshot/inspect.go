@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -144,18 +145,15 @@ func listIn(ctx context.Context, s storage.Store, prefix string) ([]*Entry, erro
 		return nil, err
 	}
 	entries := make([]*Entry, len(objs))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
+	var g errgroup.Group
+	g.SetLimit(8)
 	for i, obj := range objs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			entries[i] = describe(ctx, s, obj)
-		}()
+		g.Go(func() error {
+			entries[i] = describe(ctx, s, obj) // a bundle that cannot be read is an entry saying so
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	out := entries[:0]
 	for _, e := range entries {
 		if e != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/errgroup"
 )
 
 // sameEndpoint reports whether src's objects can be copied by this store's endpoint with
@@ -66,59 +67,48 @@ func (s *S3Store) copyMultipart(ctx context.Context, srcURL, source string, etag
 			s.abortUpload(ctx, name, uploadID)
 		}
 	}()
-	cctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var (
 		mu    sync.Mutex
 		parts []types.CompletedPart
-		wg    sync.WaitGroup
 	)
-	sem := make(chan struct{}, s.opts.Concurrency)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.opts.Concurrency)
 	var off int64
-	for num := 1; off < size; num++ {
+	for num := 1; off < size && gctx.Err() == nil; num++ {
 		if num > maxParts {
-			cancel(fmt.Errorf("%s needs more than %d parts", srcURL, maxParts))
-			break
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-cctx.Done():
-		}
-		if cctx.Err() != nil {
+			g.Go(func() error { return fmt.Errorf("%s needs more than %d parts", srcURL, maxParts) })
 			break
 		}
 		end := min(off+s.partSize(num), size)
 		rng := fmt.Sprintf("bytes=%d-%d", off, end-1)
 		off = end
-		wg.Add(1)
-		go func(num int32) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			out, err := s.client.UploadPartCopy(cctx, &s3.UploadPartCopyInput{Bucket: &s.opts.Bucket, Key: &name,
-				UploadId: uploadID, PartNumber: aws.Int32(num), CopySource: &source, CopySourceRange: &rng,
+		g.Go(func() error {
+			out, err := s.client.UploadPartCopy(gctx, &s3.UploadPartCopyInput{Bucket: &s.opts.Bucket, Key: &name,
+				UploadId: uploadID, PartNumber: aws.Int32(int32(num)), CopySource: &source, CopySourceRange: &rng,
 				CopySourceIfMatch: etag})
 			if err != nil {
-				cancel(fmt.Errorf("server-side copy of part %d (%s) of %s: %w", num, rng, srcURL, err))
-				return
+				return fmt.Errorf("server-side copy of part %d (%s) of %s: %w", num, rng, srcURL, err)
 			}
 			r := out.CopyPartResult
 			if r == nil || r.ETag == nil {
-				cancel(fmt.Errorf("server-side copy of part %d of %s: the server returned no ETag", num, srcURL))
-				return
+				return fmt.Errorf("server-side copy of part %d of %s: the server returned no ETag", num, srcURL)
 			}
 			mu.Lock()
-			parts = append(parts, types.CompletedPart{ETag: r.ETag, PartNumber: aws.Int32(num),
+			parts = append(parts, types.CompletedPart{ETag: r.ETag, PartNumber: aws.Int32(int32(num)),
 				ChecksumCRC32: r.ChecksumCRC32, ChecksumCRC32C: r.ChecksumCRC32C, ChecksumCRC64NVME: r.ChecksumCRC64NVME,
 				ChecksumSHA1: r.ChecksumSHA1, ChecksumSHA256: r.ChecksumSHA256})
 			mu.Unlock()
-		}(int32(num))
+			return nil
+		})
 	}
-	wg.Wait()
-	if cause := context.Cause(cctx); cause != nil {
+	if err := g.Wait(); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return cause
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
 	if _, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
