@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/vcsnap/vcsnap/restore"
@@ -13,6 +14,8 @@ import (
 
 // ExecOptions are how Execute reports while it runs.
 type ExecOptions struct {
+	// Logger receives the run's log; nil discards it.
+	Logger *slog.Logger
 	// Tool names this program and version in the bundle.
 	Tool     string
 	Progress snapshot.ProgressFunc
@@ -36,7 +39,7 @@ func Execute(ctx context.Context, req *Request, o ExecOptions) (*Result, error) 
 func executeSnapshot(ctx context.Context, r *SnapshotRequest, o ExecOptions) (*Result, error) {
 	co := snapshot.CreateOptions{
 		Datastore: r.Datastore, Store: r.Store, Overwrite: r.Overwrite, Source: r.Source,
-		Volumes: r.Volumes, Partial: r.Partial, Encrypt: r.Encrypt, Tool: o.Tool, Progress: o.Progress,
+		Volumes: r.Volumes, Partial: r.Partial, Encrypt: r.Encrypt, Tool: o.Tool, Progress: o.Progress, Logger: o.Logger,
 	}
 	co.Extra = map[string]string{}
 	if r.ValuesYAML != "" {
@@ -56,7 +59,7 @@ func executeSnapshot(ctx context.Context, r *SnapshotRequest, o ExecOptions) (*R
 func executeRestore(ctx context.Context, r *RestoreRequest, o ExecOptions) (*Result, error) {
 	ro := restore.Options{
 		Store: r.Store, Datastore: r.Datastore, Force: true, BumpRevision: r.BumpRevision,
-		Keys: r.Keys, UpToLastGood: r.UpToLastGood, Progress: o.Progress, OnSafetyBackup: o.OnSafetyBackup,
+		Keys: r.Keys, UpToLastGood: r.UpToLastGood, Progress: o.Progress, OnSafetyBackup: o.OnSafetyBackup, Logger: o.Logger,
 	}
 	if ro.BumpRevision == 0 {
 		ro.BumpRevision = restore.DefaultBumpRevision

@@ -23,6 +23,7 @@ import (
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/etcdv3"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/logging"
 	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
@@ -34,6 +35,8 @@ import (
 type Options struct {
 	// From is the source datastore URL, To the target's (see package open for the kinds).
 	From, To string
+	// Logger receives the run's log; nil discards it.
+	Logger *slog.Logger
 	// FromOptions and ToOptions apply when opening them (passwords, revision-write limits).
 	FromOptions, ToOptions open.Options
 	// Force replaces a non-empty target (SQLite and etcd-dir targets keep the previous
@@ -115,7 +118,7 @@ func Migrate(ctx context.Context, o Options) (*Result, error) {
 		if !errors.Is(err, datastore.ErrCompacted) || attempt >= attempts || ctx.Err() != nil {
 			return nil, err
 		}
-		slog.Warn("the source changed under the read; starting over", "attempt", attempt, "error", err)
+		logging.Or(o.Logger).Warn("the source changed under the read; starting over", "attempt", attempt, "error", err)
 	}
 }
 
@@ -149,7 +152,7 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 		return nil, err
 	}
 	res.PreviousRevision, res.PreviousKeys = state.Revision, state.Keys
-	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions, Keys: o.Keys,
+	guard := &restore.Guard{Op: "migration", Datastore: o.To, Options: o.ToOptions, Keys: o.Keys, Logger: o.Logger,
 		OnSaved: o.OnSafetyBackup, PreviousKeys: state.Keys}
 	abort := guard.Abort
 	if o.Force && state.Keys != 0 {
@@ -159,7 +162,7 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 			}
 			res.SafetyBackup = guard.Saved.URL
 		}
-		slog.Warn("replacing the target's existing keys (--force)", "target", res.To, "keys", state.Keys, "revision", state.Revision)
+		logging.Or(o.Logger).Warn("replacing the target's existing keys (--force)", "target", res.To, "keys", state.Keys, "revision", state.Revision)
 	}
 	if err := tg.Begin(ctx); err != nil {
 		return nil, abort(ctx, tg, err)
@@ -174,7 +177,7 @@ func migrateOnce(ctx context.Context, src datastore.Source, o Options) (*Result,
 			return nil, abort(ctx, tg, fmt.Errorf("the source was written during the migration: its revision moved from %d to %d, more than the revision bump (%d); stop the virtual control plane (scale its StatefulSet to 0) and migrate again",
 				rev0, rev, o.BumpRevision))
 		}
-		slog.Warn("the source was written during the migration; the target has its state at the revision the read pinned",
+		logging.Or(o.Logger).Warn("the source was written during the migration; the target has its state at the revision the read pinned",
 			"revisionBefore", rev0, "revisionRead", rev)
 	}
 	final, err := tg.Commit(ctx)
@@ -259,7 +262,7 @@ func checkDistinct(ctx context.Context, o Options) error {
 	}
 	if err != nil {
 		// Opening the source reports why it cannot be reached.
-		slog.Debug("the source's identity is unknown", "error", err)
+		logging.Or(o.Logger).Debug("the source's identity is unknown", "error", err)
 		return nil
 	}
 	to, err := open.Identity(ctx, o.To, o.ToOptions)
@@ -269,7 +272,7 @@ func checkDistinct(ctx context.Context, o Options) error {
 	if err != nil {
 		// A target that cannot be reached yet (a database kine's target creates) is not
 		// the source, which can.
-		slog.Debug("the target's identity is unknown", "error", err)
+		logging.Or(o.Logger).Debug("the target's identity is unknown", "error", err)
 		return nil
 	}
 	if from.Overlaps(to) {

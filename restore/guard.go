@@ -10,6 +10,7 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/logging"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
@@ -49,6 +50,8 @@ type Guard struct {
 	Saved *SafetyBackup
 	// PreviousKeys is how many keys the target held before the write.
 	PreviousKeys int64
+	// Logger receives what the guard does; nil discards it.
+	Logger *slog.Logger
 }
 
 // Save stores the target's current keys as a safety backup bundle at store.
@@ -58,14 +61,14 @@ func (g *Guard) Save(ctx context.Context, store string) error {
 		return err
 	}
 	sb, err := snapshot.Create(ctx, snapshot.CreateOptions{Datastore: g.Datastore, DatastoreOptions: g.Options,
-		Store: store, Encrypt: recips, Tool: "vcsnap " + g.Op, Purpose: bundle.PurposeSafety})
+		Store: store, Encrypt: recips, Tool: "vcsnap " + g.Op, Purpose: bundle.PurposeSafety, Logger: g.Logger})
 	if err != nil {
 		return fmt.Errorf("save the target's current keys before replacing them (nothing was changed): %w", err)
 	}
 	// The URL as given keeps the store's options (endpoint, region), which the store's
 	// own rendering of the name drops: restoring from it must work as it is.
 	g.Saved = &SafetyBackup{URL: store, Datastore: open.Redact(g.Datastore), Keys: g.Keys, Count: sb.Manifest.Keys}
-	slog.Info("saved the target's current keys before replacing them", "bundle", store, "keys", sb.Manifest.Keys)
+	logging.Or(g.Logger).Info("saved the target's current keys before replacing them", "bundle", store, "keys", sb.Manifest.Keys)
 	if g.OnSaved != nil {
 		g.OnSaved(*g.Saved)
 	}
@@ -135,9 +138,9 @@ func (g *Guard) Abort(ctx context.Context, t datastore.Target, cause error) erro
 		}
 		return e
 	}
-	slog.Warn("the "+g.Op+" stopped after the target's keys were replaced; putting its previous keys back from the safety backup",
+	logging.Or(g.Logger).Warn("the "+g.Op+" stopped after the target's keys were replaced; putting its previous keys back from the safety backup",
 		"bundle", g.Saved.URL, "keys", g.Saved.Count, "cause", cause)
-	_, err := Restore(uctx, Options{Store: g.Saved.URL, Datastore: g.Datastore, DatastoreOptions: g.Options, Force: true, Keys: g.Keys})
+	_, err := Restore(uctx, Options{Store: g.Saved.URL, Datastore: g.Datastore, DatastoreOptions: g.Options, Force: true, Keys: g.Keys, Logger: g.Logger})
 	if err != nil {
 		var inner *AbortError
 		if errors.As(err, &inner) {

@@ -3,11 +3,11 @@ package restore
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/logging"
 	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -47,7 +47,7 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 	if !o.To.Time.IsZero() && plan.Captured.Before(o.To.Time) && plan.Gap == nil {
 		short := o.To.Time.Sub(plan.Captured)
 		pr.ShortBySeconds = short.Seconds()
-		slog.Warn("the chain ends before the time asked for: restoring its last captured state", "asked", o.To.String(),
+		logging.Or(o.Logger).Warn("the chain ends before the time asked for: restoring its last captured state", "asked", o.To.String(),
 			"captured", plan.Captured.Format(time.RFC3339), "shortBy", short.Round(time.Second))
 	}
 	for _, d := range plan.Deltas {
@@ -55,10 +55,10 @@ func restorePoint(ctx context.Context, o Options) (*Result, error) {
 	}
 	if plan.Gap != nil {
 		pr.Gap = plan.Gap.String()
-		slog.Warn("restoring up to the last good point before a gap in the chain (--up-to-last-good)",
+		logging.Or(o.Logger).Warn("restoring up to the last good point before a gap in the chain (--up-to-last-good)",
 			"asked", o.To.String(), "revision", plan.Revision, "gap", pr.Gap)
 	}
-	slog.Info("restoring a point in time", "asked", o.To.String(), "revision", plan.Revision, "full", plan.Full.URL,
+	logging.Or(o.Logger).Info("restoring a point in time", "asked", o.To.String(), "revision", plan.Revision, "full", plan.Full.URL,
 		"deltas", len(plan.Deltas), "changes", pit.Changes.Records)
 	fm := plan.Full.Manifest
 	var keys int64

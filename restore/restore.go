@@ -9,6 +9,7 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/logging"
 	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
@@ -54,6 +55,8 @@ type Options struct {
 	// the key by returning false, but not change kv.Key (the bundle's keys are unique and
 	// stay so). An error fails the restore, which is then undone like any failed restore.
 	Transform func(kv *bundle.KeyValue) (keep bool, err error)
+	// Logger receives the run's log; nil discards it.
+	Logger *slog.Logger
 }
 
 // Result describes a finished restore.
@@ -119,12 +122,12 @@ func Restore(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the bundle failed verification, the target was not touched: %w", err)
 	}
-	slog.Debug("verified the bundle", "took", time.Since(start), "whileWriting", staged)
+	logging.Or(o.Logger).Debug("verified the bundle", "took", time.Since(start), "whileWriting", staged)
 	if m.Kind != bundle.KindFull {
 		return nil, fmt.Errorf("%s is a %s bundle; restore needs a full bundle", loc.Store.URL(loc.Name), m.Kind)
 	}
 	if m.Partial {
-		slog.Warn("the bundle is marked partial: some volumes were not captured", "bundle", loc.Store.URL(loc.Name))
+		logging.Or(o.Logger).Warn("the bundle is marked partial: some volumes were not captured", "bundle", loc.Store.URL(loc.Name))
 	}
 	var keys, bytes, dropped int64
 	feed := func(target datastore.Target) error {
@@ -203,7 +206,7 @@ func write(ctx context.Context, o Options, target datastore.Target, po datastore
 	if err := CheckPrefixReplace(target, po, state); err != nil {
 		return nil, err
 	}
-	guard := &Guard{Op: "restore", Datastore: o.Datastore, Options: o.DatastoreOptions, Keys: o.Keys,
+	guard := &Guard{Op: "restore", Datastore: o.Datastore, Options: o.DatastoreOptions, Keys: o.Keys, Logger: o.Logger,
 		OnSaved: o.OnSafetyBackup, PreviousKeys: state.Keys}
 	if o.Force && state.Keys > 0 {
 		if o.SafetyBackup != "" {
@@ -211,7 +214,7 @@ func write(ctx context.Context, o Options, target datastore.Target, po datastore
 				return nil, err
 			}
 		}
-		slog.Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
+		logging.Or(o.Logger).Warn("replacing the target's existing keys (--force)", "keys", state.Keys, "revision", state.Revision)
 	}
 	abort := guard.Abort
 	if err := target.Begin(ctx); err != nil {
@@ -221,7 +224,7 @@ func write(ctx context.Context, o Options, target datastore.Target, po datastore
 	if err := feed(target); err != nil {
 		return nil, abort(ctx, target, err)
 	}
-	slog.Debug("streamed every key to the target", "took", time.Since(began))
+	logging.Or(o.Logger).Debug("streamed every key to the target", "took", time.Since(began))
 	rev, err := target.Commit(ctx)
 	if err != nil {
 		return nil, abort(ctx, target, err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vcsnap/vcsnap/datastore"
 	"github.com/vcsnap/vcsnap/datastore/open"
+	"github.com/vcsnap/vcsnap/internal/logging"
 	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/snapshot/encrypt"
@@ -66,6 +67,8 @@ type CreateOptions struct {
 	Attempts int
 	// Chain, set by snapshot watch, is the chain id recorded in the manifest.
 	Chain string
+	// Logger receives the run's log; nil discards it.
+	Logger *slog.Logger
 	// Purpose is recorded in the manifest: empty for a snapshot, bundle.PurposeSafety
 	// for a safety backup, which list, prune and point-in-time restores never take for
 	// a snapshot.
@@ -132,7 +135,7 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 				return nil, fmt.Errorf("the upload finished but the bundle cannot be seen: %w", err)
 			}
 			if m.Keys == 0 {
-				slog.Warn("the snapshot holds no keys: is this the right datastore (and prefix)?", "datastore", open.Redact(o.Datastore), "bundle", loc.Store.URL(loc.Name))
+				logging.Or(o.Logger).Warn("the snapshot holds no keys: is this the right datastore (and prefix)?", "datastore", open.Redact(o.Datastore), "bundle", loc.Store.URL(loc.Name))
 			}
 			return &CreateResult{URL: loc.Store.URL(loc.Name), Manifest: m, Size: info.Size, Duration: units.Since(start)}, nil
 		}
@@ -146,7 +149,7 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 		if lost {
 			// The failed attempt's upload was aborted: nothing is visible. Wait a moment
 			// for a flapping link or a restarting server, then read again from the start.
-			slog.Warn("the connection to the datastore dropped during the read; starting over", "attempt", attempt, "error", err)
+			logging.Or(o.Logger).Warn("the connection to the datastore dropped during the read; starting over", "attempt", attempt, "error", err)
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -154,7 +157,7 @@ func Create(ctx context.Context, o CreateOptions) (*CreateResult, error) {
 			}
 			continue
 		}
-		slog.Warn("the datastore compacted past the snapshot's revision during the read; starting over at a newer revision",
+		logging.Or(o.Logger).Warn("the datastore compacted past the snapshot's revision during the read; starting over at a newer revision",
 			"attempt", attempt, "error", err)
 	}
 }

@@ -314,7 +314,7 @@ func (w *watcher) newChain(ctx context.Context) error {
 }
 
 func (w *watcher) takeFull(ctx context.Context, name, reason string) (*bundle.Manifest, error) {
-	o := CreateOptions{Source: w.o.Source, Tool: w.o.Tool, Chain: w.chain}
+	o := CreateOptions{Source: w.o.Source, Tool: w.o.Tool, Chain: w.chain, Logger: slog.Default()}
 	m, err := createOnce(ctx, w.fullSrc, storage.Location{Store: w.store, Name: name}, o, w.wopts)
 	if err != nil {
 		return nil, fmt.Errorf("full bundle %s: %w", w.store.URL(name), err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
@@ -107,6 +108,7 @@ reads that datastore itself.`,
 			o.Store, o.Tool = expandTime(args[0], start), a.tool()
 			progress, done := a.progress()
 			o.Progress = progress
+			o.Logger = slog.Default()
 			res, err := snapshot.Create(cmd.Context(), o)
 			done()
 			a.reportCreate(cmd.Context(), rep, o, res, err, time.Since(start))
@@ -531,6 +533,7 @@ With --datastore, stop the virtual control plane first.`,
 			progress, done := a.progress()
 			o.Progress = progress
 			o.OnSafetyBackup = a.announceSafety("restore")
+			o.Logger = slog.Default()
 			res, err := restore.Restore(cmd.Context(), o)
 			done()
 			if err != nil {

@@ -55,7 +55,7 @@ func (a *app) runEngineRequest(cmd *cobra.Command, requestFile string) (*engine.
 		}
 	}
 	progress, done := a.progress()
-	res, err := engine.Execute(cmd.Context(), &req, engine.ExecOptions{Tool: a.tool(), Progress: progress, OnSafetyBackup: a.announceSafety("restore")})
+	res, err := engine.Execute(cmd.Context(), &req, engine.ExecOptions{Logger: slog.Default(), Tool: a.tool(), Progress: progress, OnSafetyBackup: a.announceSafety("restore")})
 	done()
 	if err != nil {
 		return nil, err

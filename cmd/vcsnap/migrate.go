@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -79,6 +80,7 @@ A password inside the URL works but is warned about and never printed.`,
 			progress, done := a.progress()
 			o.Progress = progress
 			o.OnSafetyBackup = a.announceSafety("migration")
+			o.Logger = slog.Default()
 			res, err := migrate.Migrate(cmd.Context(), o)
 			done()
 			if errors.Is(err, migrate.ErrSameDatastore) {
