@@ -6,7 +6,9 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/vcsnap/vcsnap/byname"
@@ -38,5 +40,33 @@ func TestEmbedded(t *testing.T) {
 	}
 	if _, err := byname.Resume(ctx, &byname.Host{}, "team-a", "vc1", nil); !errors.Is(err, byname.ErrOption) {
 		t.Errorf("no host configuration: %v", err)
+	}
+}
+
+// TestCreateRefusesLeftovers: --create never takes over what an earlier virtual cluster
+// of that name left in the namespace (its certificates, config, release or data volume),
+// and refuses before it reads the bundle or creates anything.
+func TestCreateRefusesLeftovers(t *testing.T) {
+	ctx := context.Background()
+	for name, obj := range map[string]runtime.Object{
+		"certificates": &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc1-certs", Namespace: "team-a"}},
+		"config":       &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-config-vc1", Namespace: "team-a"}},
+		"release": &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sh.helm.release.v1.vc1.v1", Namespace: "team-a",
+			Labels: map[string]string{"owner": "helm", "name": "vc1"}}},
+		"data volume": &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-vc1-0", Namespace: "team-a"}},
+	} {
+		cs := fake.NewSimpleClientset(obj)
+		_, err := byname.Restore(ctx, &byname.Host{Client: cs}, "team-a", "vc1", byname.RestoreOptions{
+			Store: "s3://b/vc1/nightly", Engine: byname.EngineOptions{Image: "vcsnap:dev"}, Create: &byname.CreateOptions{Chart: "/charts/vcluster"}})
+		if !errors.Is(err, byname.ErrExists) {
+			t.Errorf("%s left in the namespace: %v, want byname.ErrExists", name, err)
+		}
+		if actions := cs.Actions(); len(actions) > 0 {
+			for _, a := range actions {
+				if a.GetVerb() != "get" && a.GetVerb() != "list" {
+					t.Errorf("%s: the refused create did %s %s", name, a.GetVerb(), a.GetResource().Resource)
+				}
+			}
+		}
 	}
 }
