@@ -163,7 +163,9 @@ func leftovers(ctx context.Context, r *run, namespace, name string) error {
 	return nil
 }
 
-func dataPVCs(name string) []string { return []string{"data-" + name + "-0", "data-" + name + "-etcd-0"} }
+func dataPVCs(name string) []string {
+	return []string{"data-" + name + "-0", "data-" + name + "-etcd-0"}
+}
 
 // createdObjects tracks what a create made, to remove it after a failure.
 type createdObjects struct {
