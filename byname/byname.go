@@ -53,11 +53,32 @@ func (e *EngineError) Error() string {
 
 func (e *EngineError) Unwrap() error { return vcluster.ErrJobFailed }
 
+// unreadableResult is an engine Job that succeeded but whose result could not be read
+// (its pod gone, its termination message cut).
+type unreadableResult struct {
+	job string
+	err error
+}
+
+func (e *unreadableResult) Error() string {
+	return fmt.Sprintf("the engine Job %s succeeded but its result is unreadable: %v", e.job, e.err)
+}
+func (e *unreadableResult) Unwrap() error { return e.err }
+
 // Host is the host cluster the virtual clusters run on.
 type Host struct {
 	Config *rest.Config
 	// Client, when nil, is made from Config.
 	Client kubernetes.Interface
+}
+
+// needConfig refuses a Host without a rest.Config where one is needed (volume
+// snapshots, helm).
+func (h *Host) needConfig(what string) error {
+	if h.Config == nil {
+		return fmt.Errorf("%w: %s needs the host's rest.Config (Host.Config)", ErrOption, what)
+	}
+	return nil
 }
 
 func (h *Host) client() (kubernetes.Interface, error) {
@@ -269,12 +290,15 @@ func (r *run) runEngine(ctx context.Context, eo EngineOptions, ej *vcluster.Engi
 	}
 	res, derr := engine.DecodeResult(jr.Message)
 	switch {
-	case err != nil && derr == nil && res.ExitCode != 0:
+	case err != nil && derr == nil && res.ExitCode > 0:
 		return res, jr, &EngineError{Job: jr.Job, ExitCode: res.ExitCode, Message: res.Error}
 	case err != nil:
-		return nil, jr, &EngineError{Job: jr.Job, ExitCode: int(jr.ExitCode), LogTail: jr.LogTail(30)}
+		// Killed, past its deadline, or its pod gone before it terminated: no code of its own.
+		return nil, jr, &EngineError{Job: jr.Job, ExitCode: max(int(jr.ExitCode), 1), LogTail: jr.LogTail(30)}
 	case derr != nil:
-		return nil, jr, fmt.Errorf("the engine Job %s succeeded but its result is unreadable: %w", jr.Job, derr)
+		// The Job succeeded: its work is done even though its result cannot be read, and
+		// the caller must not undo it (delete the volume snapshots a bundle refers to).
+		return nil, jr, &unreadableResult{job: jr.Job, err: derr}
 	}
 	r.log.Info("the engine Job finished", "job", jr.Job, "node", jr.Node, "took", jr.Duration.Round(time.Millisecond))
 	return res, jr, nil

@@ -41,6 +41,9 @@ func createAndRestore(ctx context.Context, h *Host, namespace, name string, o Re
 	if o.pointInTime() {
 		return nil, fmt.Errorf("%w: a virtual cluster is created from one full bundle, not from a point in time: restore the chain's full bundle with --create, then the point in time into it", ErrOption)
 	}
+	if err := h.needConfig("--create (helm)"); err != nil {
+		return nil, err
+	}
 	cs, err := h.client()
 	if err != nil {
 		return nil, err
@@ -77,10 +80,12 @@ func createAndRestore(ctx context.Context, h *Host, namespace, name string, o Re
 	if version != "" && ch.Metadata.Version != version {
 		r.log.Warn("the chart's version differs from the one the virtual cluster was installed with", "chart", ch.Metadata.Version, "recorded", version)
 	}
-	sameIdentity := m.Source.VClusterName == name && m.Source.VClusterNamespace == namespace
+	sameIdentity := m.Source.VClusterName == name && m.Source.VClusterNamespace == namespace && !o.SkipIdentity
 	r.p.step("create namespace %s if it does not exist", namespace)
 	if sameIdentity && len(m.Identity) > 0 {
 		r.p.step("write the bundle's identity first (its certificates Secret), so the new control plane starts as the old one")
+	} else if len(m.Identity) > 0 && o.SkipIdentity {
+		r.p.step("leave out the bundle's identity (asked to): %s/%s gets a new one", namespace, name)
 	} else if len(m.Identity) > 0 {
 		r.p.step("leave out the bundle's identity: its certificates name %s/%s; %s/%s gets new ones", m.Source.VClusterNamespace, m.Source.VClusterName, namespace, name)
 	}
@@ -96,6 +101,7 @@ func createAndRestore(ctx context.Context, h *Host, namespace, name string, o Re
 			return nil, err
 		}
 		if sameIdentity && b.identity != nil {
+			created.identity = true // leftovers() made sure none of its Secrets was there
 			if _, err := vcluster.RestoreIdentity(ctx, cs, namespace, b.identity); err != nil {
 				return nil, err
 			}
@@ -142,7 +148,7 @@ func createAndRestore(ctx context.Context, h *Host, namespace, name string, o Re
 // (its Helm release, certificates, config or data volume): they may be someone's, and a
 // new install would take them over.
 func leftovers(ctx context.Context, r *run, namespace, name string) error {
-	secrets := []string{vcluster.CertsSecretName(name), vcluster.ConfigSecretName(name)}
+	secrets := []string{vcluster.CertsSecretName(name), vcluster.ConfigSecretName(name), "vc-" + name}
 	for _, s := range secrets {
 		if _, err := r.cs.CoreV1().Secrets(namespace).Get(ctx, s, metav1.GetOptions{}); err == nil {
 			return fmt.Errorf("%w: namespace %s holds Secret %s of an earlier virtual cluster %s: remove it, or restore into another namespace", ErrExists, namespace, s, name)
@@ -171,6 +177,7 @@ func dataPVCs(name string) []string {
 type createdObjects struct {
 	ns, name  string
 	createdNS bool
+	identity  bool // the identity Secrets were written
 	release   bool
 }
 
@@ -201,10 +208,24 @@ func (c *createdObjects) remove(ctx context.Context, r *run) error {
 	if c.createdNS {
 		if err := r.cs.CoreV1().Namespaces().Delete(ctx, c.ns, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete namespace %s: %w", c.ns, err))
+		} else {
+			// A run again right away must not find it Terminating.
+			werr := wait.PollUntilContextCancel(ctx, 2*time.Second, true, func(ctx context.Context) (bool, error) {
+				_, err := r.cs.CoreV1().Namespaces().Get(ctx, c.ns, metav1.GetOptions{})
+				return apierrors.IsNotFound(err), nil
+			})
+			if werr != nil {
+				errs = append(errs, fmt.Errorf("namespace %s is still being deleted: %w", c.ns, werr))
+			}
 		}
 		return errors.Join(errs...)
 	}
-	for _, s := range []string{vcluster.CertsSecretName(c.name), vcluster.CertsSecretName(c.name) + vcluster.PreviousSuffix, "vc-" + c.name} {
+	// Only what this run made: leftovers() refused a namespace holding any of these.
+	secrets := []string{"vc-" + c.name}
+	if c.identity || c.release {
+		secrets = append(secrets, vcluster.CertsSecretName(c.name))
+	}
+	for _, s := range secrets {
 		if err := r.cs.CoreV1().Secrets(c.ns).Delete(ctx, s, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete Secret %s/%s: %w", c.ns, s, err))
 		}

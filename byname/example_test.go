@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 
 	"github.com/vcsnap/vcsnap/byname"
 	"github.com/vcsnap/vcsnap/vcluster"
@@ -41,6 +42,10 @@ func TestEmbedded(t *testing.T) {
 	if _, err := byname.Resume(ctx, &byname.Host{}, "team-a", "vc1", nil); !errors.Is(err, byname.ErrOption) {
 		t.Errorf("no host configuration: %v", err)
 	}
+	// Helm and volume snapshots need the host's rest.Config, not only a client.
+	if _, err := byname.Restore(ctx, h, "team-a", "vc1", byname.RestoreOptions{Store: "s3://b/k", Create: &byname.CreateOptions{Chart: "/c"}}); !errors.Is(err, byname.ErrOption) {
+		t.Errorf("--create with a client only: %v", err)
+	}
 }
 
 // TestCreateRefusesLeftovers: --create never takes over what an earlier virtual cluster
@@ -53,10 +58,13 @@ func TestCreateRefusesLeftovers(t *testing.T) {
 		"config":       &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-config-vc1", Namespace: "team-a"}},
 		"release": &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sh.helm.release.v1.vc1.v1", Namespace: "team-a",
 			Labels: map[string]string{"owner": "helm", "name": "vc1"}}},
+		"kubeconfig":  &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vc-vc1", Namespace: "team-a"}},
 		"data volume": &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-vc1-0", Namespace: "team-a"}},
 	} {
 		cs := fake.NewSimpleClientset(obj)
-		_, err := byname.Restore(ctx, &byname.Host{Client: cs}, "team-a", "vc1", byname.RestoreOptions{
+		// A Config for helm that nothing dials: the refusal comes first.
+		h := &byname.Host{Client: cs, Config: &rest.Config{Host: "https://127.0.0.1:1"}}
+		_, err := byname.Restore(ctx, h, "team-a", "vc1", byname.RestoreOptions{
 			Store: "s3://b/vc1/nightly", Engine: byname.EngineOptions{Image: "vcsnap:dev"}, Create: &byname.CreateOptions{Chart: "/charts/vcluster"}})
 		if !errors.Is(err, byname.ErrExists) {
 			t.Errorf("%s left in the namespace: %v, want byname.ErrExists", name, err)

@@ -68,7 +68,7 @@ func helmConfig(cfg *rest.Config, namespace string, log *slog.Logger) (*action.C
 // repository URL or an oci:// reference at the given version.
 func loadChart(src, name, version string) (*chart.Chart, error) {
 	if src == "" {
-		return nil, fmt.Errorf("%w: say where the chart %s %s comes from (a directory, a .tgz, a chart repository URL or an oci:// reference)", ErrChart, name, version)
+		return nil, fmt.Errorf("%w: say where the chart %s %s comes from (a directory, a .tgz, a chart repository URL or an oci:// reference)", ErrOption, name, version)
 	}
 	path := src
 	if strings.Contains(src, "://") {

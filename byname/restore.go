@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/vcsnap/vcsnap/engine"
 	"github.com/vcsnap/vcsnap/internal/units"
@@ -100,6 +103,11 @@ func Restore(ctx context.Context, h *Host, namespace, name string, o RestoreOpti
 	}
 	if o.Create != nil {
 		return createAndRestore(ctx, h, namespace, name, o, startTime)
+	}
+	if o.Volumes.Include {
+		if err := h.needConfig("restoring volumes"); err != nil {
+			return nil, err
+		}
 	}
 	r, err := start(ctx, h, namespace, name, o.Store, o.DryRun, o.Logger)
 	if err != nil {
@@ -260,6 +268,19 @@ func (r *run) restore(ctx context.Context, o RestoreOptions, b *verified, startT
 		return nil, fmt.Errorf("%w; the virtual cluster runs again on its previous state", err)
 	}
 	eng, jr, runErr := r.runEngine(ctx, o.Engine, ej)
+	var unread *unreadableResult
+	if errors.As(runErr, &unread) {
+		// The engine succeeded: the datastore holds the bundle. Keep the volumes, finish
+		// the restore and say what is not known.
+		r.log.Warn("the engine Job succeeded but its result is unreadable: the datastore was restored; the revision and safety backup are not known here (see the engine's log above)", "error", runErr)
+		eng, runErr = &engine.Result{Restore: &restore.Result{URL: o.Store}}, nil
+	}
+	if jr != nil && jr.Lingering {
+		// The engine may still be writing (or undoing): resuming now would start the
+		// control plane on a datastore in flux. Resume waits for the engine first.
+		return nil, fmt.Errorf("the engine Job %s of %s/%s did not go away in time and may still be writing its datastore: the virtual cluster stays paused; once the Job is gone bring it back with: %s (%v)",
+			jr.Job, vc.Namespace, vc.Name, vcluster.ResumeCommand(vc.Namespace, vc.Name), runErr)
+	}
 	if runErr != nil {
 		r.removeRestoredVolumes(ctx, restoredVols)
 	}
@@ -271,7 +292,7 @@ func (r *run) restore(ctx context.Context, o RestoreOptions, b *verified, startT
 	}
 	resumeErr := resume()
 	if idErr != nil {
-		return nil, fmt.Errorf("the datastore of %s/%s was restored, but its identity was not: %w; run the restore again to bring the identity back", vc.Namespace, vc.Name, idErr)
+		return nil, errors.Join(fmt.Errorf("the datastore of %s/%s was restored, but its identity was not: %w; run the restore again to bring the identity back", vc.Namespace, vc.Name, idErr), resumeErr)
 	}
 	if runErr != nil {
 		err := fmt.Errorf("restore of %s/%s failed; the datastore was left as it was: %w", vc.Namespace, vc.Name, runErr)
@@ -290,8 +311,7 @@ func (r *run) restore(ctx context.Context, o RestoreOptions, b *verified, startT
 	if res.Manifest == nil {
 		res.Manifest = m
 	}
-	if res.Manifest == nil {
-		// A point in time whose result was too long for the termination message.
+	if res.Manifest == nil && !o.pointInTime() {
 		if e, err := snapshot.Describe(ctx, res.URL); err == nil {
 			res.Manifest = e.Manifest
 		}
@@ -326,7 +346,13 @@ func (r *run) identityPlan(m *bundle.Manifest, id *vcluster.Identity, o RestoreO
 		r.p.step("leave the identity of %s/%s as it is: the bundle's certificates (%s) name %s/%s", vc.Namespace, vc.Name, strings.Join(names, ", "), m.Source.VClusterNamespace, m.Source.VClusterName)
 		return nil
 	}
-	r.p.step("restore the identity before the control plane starts: Secret %s (a Secret it replaces is kept as NAME%s)", strings.Join(names, ", "), vcluster.PreviousSuffix)
+	if vc.Datastore.Kind == vcluster.KindDeployedEtcd && !o.DryRun && id != nil && !sameIdentity(r, id) {
+		// The etcd StatefulSet mounts the same Secret and keeps running through the
+		// pause: it would still trust the old CA while the control plane presents the new.
+		r.p.step("leave the identity of %s/%s as it is: its deployed etcd runs on the current certificates (to bring the bundle's back, restore with --create where the virtual cluster does not exist)", vc.Namespace, vc.Name)
+		return nil
+	}
+	r.p.step("after the datastore and before the control plane starts again: restore the identity, Secret %s (a Secret it replaces is kept as NAME%s)", strings.Join(names, ", "), vcluster.PreviousSuffix)
 	if id == nil && !r.p.dryRun {
 		// Listed in the manifest but not read: only a dry run does not read the body.
 		r.log.Warn("the bundle lists an identity its body does not hold: it is not restored")
@@ -364,4 +390,20 @@ func (r *run) moveSpec(ctx context.Context, from *Origin, m *bundle.Manifest) (*
 	desc := fmt.Sprintf("translate the datastore of %s/%s for %s/%s: vcluster's host names, Service addresses outside %s (%s), pods rescheduled, Nodes and kube-root-ca.crt left out",
 		fromNS, fromName, vc.Namespace, vc.Name, cidr, how)
 	return spec, desc, nil
+}
+
+// sameIdentity reports whether the host already holds id's Secrets as they are.
+func sameIdentity(r *run, id *vcluster.Identity) bool {
+	for _, s := range id.Secrets {
+		cur, err := r.cs.CoreV1().Secrets(r.vc.Namespace).Get(context.Background(), s.Name, metav1.GetOptions{})
+		if err != nil || len(cur.Data) != len(s.Data) {
+			return false
+		}
+		for k, v := range s.Data {
+			if string(cur.Data[k]) != string(v) {
+				return false
+			}
+		}
+	}
+	return true
 }

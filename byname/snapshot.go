@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -92,6 +93,9 @@ func Snapshot(ctx context.Context, h *Host, namespace, name string, o SnapshotOp
 	}
 	committed := false // the bundle holding the volume records was written
 	if o.Volumes.Include {
+		if err := h.needConfig("volume snapshots"); err != nil {
+			return nil, err
+		}
 		vols, partial, err := r.snapshotVolumes(ctx, o.Volumes, o.DryRun)
 		if err != nil {
 			return nil, err
@@ -147,6 +151,12 @@ func Snapshot(ctx context.Context, h *Host, namespace, name string, o SnapshotOp
 	}
 	start := time.Now()
 	res, jr, err := r.runEngine(ctx, o.Engine, ej)
+	var unread *unreadableResult
+	if errors.As(err, &unread) {
+		// The engine succeeded: the store says what it wrote.
+		r.log.Warn("the engine Job succeeded but its result is unreadable; reading the bundle back from the store", "error", err)
+		res, err = &engine.Result{Snapshot: &snapshot.CreateResult{URL: o.Store}}, nil
+	}
 	if err != nil {
 		if len(req.Volumes) > 0 {
 			return nil, fmt.Errorf("snapshot of %s/%s: %w; its volume snapshots are deleted again", vc.Namespace, vc.Name, err)
@@ -162,9 +172,9 @@ func Snapshot(ctx context.Context, h *Host, namespace, name string, o SnapshotOp
 		// Left out of a result too long for the termination message: the store has it.
 		e, err := snapshot.Describe(ctx, cr.URL)
 		if err != nil {
-			return nil, fmt.Errorf("the engine wrote %s, but its manifest could not be read back: %w", cr.URL, err)
+			return nil, fmt.Errorf("the engine wrote %s, but its manifest could not be read back (its volume snapshots are kept): %w", cr.URL, err)
 		}
-		cr.Manifest = e.Manifest
+		cr.Manifest, cr.Size = e.Manifest, e.Size
 	}
 	cr.Duration = units.Since(start)
 	out.Create, out.Job, out.Actions = cr, jr.Job, r.p.actions

@@ -117,14 +117,10 @@ func EncodeResult(r Result) []byte {
 		return b
 	}
 	r.Trimmed = true
-	if r.Snapshot != nil {
-		s := *r.Snapshot
-		s.Manifest = nil
-		r.Snapshot = &s
-	}
+	// First the lists (in the engine's log too), then the manifests' lists (in the
+	// store), and only then the manifests themselves (keys, leases, revision).
 	if r.Restore != nil {
 		s := *r.Restore
-		s.Manifest = nil
 		if s.Point != nil {
 			p := *s.Point
 			p.Deltas, p.Skipped = nil, nil
@@ -132,6 +128,34 @@ func EncodeResult(r Result) []byte {
 		}
 		s.RemovedRollbacks = nil
 		r.Restore = &s
+	}
+	if b = enc(); len(b) <= MaxResultBytes {
+		return b
+	}
+	slim := func(m *bundle.Manifest) *bundle.Manifest {
+		if m == nil {
+			return nil
+		}
+		c := *m
+		c.Volumes, c.Identity = nil, nil
+		return &c
+	}
+	if r.Snapshot != nil {
+		s := *r.Snapshot
+		s.Manifest = slim(s.Manifest)
+		r.Snapshot = &s
+	}
+	if r.Restore != nil {
+		r.Restore.Manifest = slim(r.Restore.Manifest)
+	}
+	if b = enc(); len(b) <= MaxResultBytes {
+		return b
+	}
+	if r.Snapshot != nil {
+		r.Snapshot.Manifest = nil
+	}
+	if r.Restore != nil {
+		r.Restore.Manifest = nil
 	}
 	if b = enc(); len(b) <= MaxResultBytes {
 		return b

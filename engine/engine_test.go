@@ -51,6 +51,9 @@ func TestResultFitsTheTerminationMessage(t *testing.T) {
 	if got, _ := DecodeResult(string(EncodeResult(big))); !got.Trimmed || got.Restore.Point == nil || got.Restore.Point.Revision != 4700 {
 		t.Errorf("big: want a trimmed result that keeps the point's revision: %+v", got)
 	}
+	if got, _ := DecodeResult(string(EncodeResult(big))); got.Restore.Manifest == nil || got.Restore.Manifest.Keys != 9 {
+		t.Errorf("big: the manifest's counts were dropped although its lists alone made it too long: %+v", got.Restore.Manifest)
+	}
 	if _, err := DecodeResult(""); err == nil {
 		t.Error("an empty termination message decoded")
 	}

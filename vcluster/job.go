@@ -23,6 +23,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
+// engineGrace is how long a stopped engine may take to undo its partial work.
+const engineGrace = 10 * time.Minute
+
 // SecretsMountPath is where the engine pod finds the files of its temporary Secret.
 const SecretsMountPath = "/var/run/vcsnap/secrets"
 
@@ -115,11 +118,15 @@ func (vc *VCluster) BuildJob(o JobOptions) (*EngineJob, error) {
 		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
 		TerminationMessagePolicy: corev1.TerminationMessageReadFile,
 	}
+	grace := int64(engineGrace / time.Second)
 	spec := corev1.PodSpec{
-		RestartPolicy:                corev1.RestartPolicyNever,
-		AutomountServiceAccountToken: &no,
-		EnableServiceLinks:           &no,
-		Volumes:                      []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+		// A stopped restore puts the target's previous keys back before it exits: an API
+		// target takes one write per key, more than the default 30 s.
+		TerminationGracePeriodSeconds: &grace,
+		RestartPolicy:                 corev1.RestartPolicyNever,
+		AutomountServiceAccountToken:  &no,
+		EnableServiceLinks:            &no,
+		Volumes:                       []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 	}
 	if nonRoot {
 		// The Secret's files are mode 0400 and owned by root: a non-root engine reads
@@ -230,6 +237,9 @@ type JobResult struct {
 	Node      string `json:"node,omitempty"`
 	Succeeded bool   `json:"succeeded"`
 	ExitCode  int32  `json:"exitCode"`
+	// Lingering: the engine's pod was still there when RunJob gave up waiting for it
+	// to go (it may still be writing): nothing may resume the control plane.
+	Lingering bool `json:"lingering,omitempty"`
 	// Message is the container's termination message: the engine's result.
 	Message  string        `json:"-"`
 	Logs     string        `json:"-"`
@@ -265,10 +275,11 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 	ns := ej.Job.Namespace
 	res := &JobResult{Job: ej.Job.Name}
 	cleanup := func() {
-		// Cleanup runs also after Ctrl-C: on its own deadline.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		// Cleanup runs also after Ctrl-C, on its own deadline: as long as a stopped
+		// engine may take to put the previous keys back.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), engineGrace+time.Minute)
 		defer cancel()
-		deleteJob(cctx, cs, ej)
+		res.Lingering = !deleteJob(cctx, cs, ej)
 	}
 	if ej.Secret != nil {
 		if _, err := cs.CoreV1().Secrets(ns).Create(ctx, ej.Secret, metav1.CreateOptions{}); err != nil {
@@ -346,6 +357,12 @@ func RunJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) (*JobRe
 		return res, err
 	}
 	readPodLog(ctx, cs, ns, sel, res)
+	for try := 0; res.Succeeded && res.Message == "" && try < 5 && ctx.Err() == nil; try++ {
+		// The Job may report Complete before the pod's status carries its termination
+		// message (or a List failed): the result is worth a few more looks.
+		time.Sleep(pollInterval)
+		readPodLog(ctx, cs, ns, sel, res)
+	}
 	if !res.Succeeded {
 		return res, fmt.Errorf("%w (Job %s/%s, pod %s, exit code %d); its log ends with:\n%s", ErrJobFailed, ns, created.Name, res.Pod, res.ExitCode, res.LogTail(30))
 	}
@@ -374,8 +391,9 @@ func readPodLog(ctx context.Context, cs kubernetes.Interface, ns, sel string, re
 }
 
 // deleteJob removes the Job, its pods and the Secret, and waits until the pods are gone
-// (a restore must not resume the control plane while the engine still writes).
-func deleteJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) {
+// (a restore must not resume the control plane while the engine still writes). It
+// reports whether they are.
+func deleteJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) bool {
 	ns := ej.Job.Namespace
 	bg := metav1.DeletePropagationBackground
 	if err := cs.BatchV1().Jobs(ns).Delete(ctx, ej.Job.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
@@ -396,7 +414,9 @@ func deleteJob(ctx context.Context, cs kubernetes.Interface, ej *EngineJob) {
 	})
 	if err != nil {
 		slog.Warn("the engine Job's pod is still there", "job", ns+"/"+ej.Job.Name, "error", err)
+		return false
 	}
+	return true
 }
 
 func jobName(op, vc string) string {

@@ -121,7 +121,12 @@ func (a *app) createByName(ctx context.Context, kf *kubeFlags, vf volumeFlags, i
 		return a.printPlan(res.Actions)
 	}
 	vc, cr := res.VCluster, res.Create
-	return a.emit(cr, func() {
+	out := struct {
+		*snapshot.CreateResult
+		Identity        []bundle.IdentityItem `json:"identity,omitempty"`
+		IdentityLeftOut bool                  `json:"identityLeftOut,omitempty"`
+	}{cr, res.Identity, res.IdentityLeftOut}
+	return a.emit(out, func() {
 		m := cr.Manifest
 		fmt.Fprintf(a.stdout, "Snapshot %s of virtual cluster %s/%s (%s) complete: %d keys, %d leases, %s of values in %s stored, revision %d, %s\n",
 			cr.URL, vc.Namespace, vc.Name, vc.Datastore.Kind, m.Keys, m.Leases, humanBytes(m.ValueBytes), humanBytes(cr.Size), m.Revision, cr.Duration.Round(time.Millisecond))
@@ -162,9 +167,13 @@ func (a *app) restoreByName(ctx context.Context, kf *kubeFlags, o byname.Restore
 		if out.Created != "" {
 			fmt.Fprintf(a.stdout, "Created virtual cluster %s from %s\n", out.VCluster, out.Created)
 		}
-		fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s (%s): %d keys, %d leases; revision now %d (snapshot %d, before %d); running again, %s\n",
-			res.URL, out.VCluster, out.Datastore, res.Manifest.Keys, res.Manifest.Leases, res.Revision, res.Manifest.Revision,
-			res.PreviousRevision, out.Duration.Round(time.Millisecond))
+		if m := res.Manifest; m != nil {
+			fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s (%s): %d keys, %d leases; revision now %d (snapshot %d, before %d); running again, %s\n",
+				res.URL, out.VCluster, out.Datastore, m.Keys, m.Leases, res.Revision, m.Revision, res.PreviousRevision, out.Duration.Round(time.Millisecond))
+		} else {
+			fmt.Fprintf(a.stdout, "Restored %s into virtual cluster %s (%s); revision now %d (before %d); running again, %s\n",
+				res.URL, out.VCluster, out.Datastore, res.Revision, res.PreviousRevision, out.Duration.Round(time.Millisecond))
+		}
 		if st := out.Translation; st != nil {
 			fmt.Fprintf(a.stdout, "Translated for the new host: %d host names, %d pods to reschedule, %d Services re-addressed; left out %d Nodes, %d kube-root-ca.crt ConfigMaps, %d stale IP allocations\n",
 				st.HostNames, st.Pods, st.Services, st.Nodes, st.RootCAs, st.IPAllocations)

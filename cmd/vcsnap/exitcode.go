@@ -45,7 +45,10 @@ func exitCode(err error) int {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &ee):
-		return ee.ExitCode // the engine Job's own vcsnap exit code
+		if ee.ExitCode > 0 {
+			return ee.ExitCode // the engine Job's own vcsnap exit code
+		}
+		return exitFailure
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
 	case errors.As(err, &ue), errors.Is(err, storage.ErrBadURL), errors.Is(err, datastore.ErrBadURL),
