@@ -94,6 +94,9 @@ func (r *run) restoreVolumes(ctx context.Context, m *bundle.Manifest, o VolumeRe
 	return volumes.Restore(ctx, c, vols, volumes.RestoreOptions{
 		SourceName: source, TargetName: r.vc.Name, TargetNamespace: r.vc.Namespace,
 		StorageClass: o.StorageClass, Force: o.Replace, Timeout: o.Timeout, DryRun: dryRun, Print: step,
+		// The virtual cluster is paused before the volumes are restored; its host pods
+		// that mount a PVC to replace go, and its syncer runs them again on resume.
+		StopPods: true,
 	})
 }
 

@@ -39,6 +39,14 @@ type RestoreOptions struct {
 	// Force replaces an existing PVC of the same name (deleting it and, with a
 	// Delete reclaim policy, its data). Without it Restore refuses with ErrPVCExists.
 	Force bool
+	// StopPods deletes the pods of the virtual cluster TargetName (labelled
+	// LabelManagedBy) that mount a PVC being replaced, and waits until they are
+	// gone, before any PVC is deleted: Kubernetes keeps a PVC while a pod uses it.
+	// The caller has paused the virtual cluster, whose syncer runs them again, on
+	// the restored volumes, when it resumes. Without it, or for a pod that is not
+	// the virtual cluster's, a PVC in use fails the restore before anything is
+	// created or deleted.
+	StopPods bool
 	// Timeout bounds each wait: snapshots ready, old PVCs gone, PVCs bound
 	// (DefaultTimeout when zero).
 	Timeout time.Duration
@@ -76,8 +84,9 @@ type plan struct {
 	request   int64
 	labels    map[string]string
 	annots    map[string]string
-	immediate bool // the class binds immediately: wait for Bound
-	replace   bool // an existing PVC is deleted first (Force)
+	immediate bool     // the class binds immediately: wait for Bound
+	replace   bool     // an existing PVC is deleted first (Force)
+	users     []string // pods mounting the PVC being replaced, deleted first (StopPods)
 	madePVC   bool
 }
 
@@ -118,6 +127,9 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 	if o.DryRun {
 		for _, p := range plans {
 			dry("create VolumeSnapshotContent %s (driver %s, snapshot handle %s, deletionPolicy Retain) and VolumeSnapshot %s/%s bound to it; wait until ready", p.vsc, p.vol.Driver, p.handle, p.ns, p.vs)
+			for _, pod := range p.users {
+				dry("delete pod %s/%s, which mounts PVC %s (the virtual cluster is paused: its syncer runs the pod again on resume), and wait until it is gone", p.ns, pod, p.pvc)
+			}
 			if p.replace {
 				dry("delete the existing PVC %s/%s (replace) and wait until it is gone", p.ns, p.pvc)
 			}
@@ -208,6 +220,7 @@ func makePlan(v bundle.Volume, run string, o RestoreOptions) (*plan, error) {
 func check(ctx context.Context, c Clients, plans []*plan, o RestoreOptions) error {
 	seen := map[string]string{}
 	nsOK := map[string]bool{}
+	pods := map[string][]corev1.Pod{}
 	for _, p := range plans {
 		key := p.ns + "/" + p.pvc
 		if other, dup := seen[key]; dup {
@@ -231,6 +244,23 @@ func check(ctx context.Context, c Clients, plans []*plan, o RestoreOptions) erro
 			p.replace = true
 		case !apierrors.IsNotFound(err):
 			return fmt.Errorf("get PVC %s: %w", key, err)
+		}
+		if p.replace {
+			if _, listed := pods[p.ns]; !listed {
+				list, err := c.Kube.CoreV1().Pods(p.ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					return fmt.Errorf("list the pods in %s that may use the PVCs to replace: %w", p.ns, err)
+				}
+				pods[p.ns] = list.Items
+			}
+			users, foreign := podsUsing(pods[p.ns], p.pvc, o.TargetName)
+			switch {
+			case len(foreign) > 0:
+				return fmt.Errorf("replace PVC %s: pods %s mount it and are not the virtual cluster %s's: stop them first", key, strings.Join(foreign, ", "), o.TargetName)
+			case len(users) > 0 && !o.StopPods:
+				return fmt.Errorf("replace PVC %s: pods %s mount it: stop them first (a PVC in use is not deleted)", key, strings.Join(users, ", "))
+			}
+			p.users = users
 		}
 		sc, err := storageClass(ctx, c, p.class)
 		if err != nil {
@@ -278,7 +308,11 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	if err := waitRestoreSnapshots(ctx, c, plans, o.Timeout); err != nil {
 		return nil, err
 	}
-	// Only now that every snapshot is known to be usable here are PVCs replaced.
+	// Only now that every snapshot is known to be usable here are PVCs replaced, once
+	// the pods using them are gone.
+	if err := stopPods(ctx, c, plans, o.Timeout); err != nil {
+		return nil, err
+	}
 	if err := replaceExisting(ctx, c, plans, o.Timeout); err != nil {
 		return nil, err
 	}
@@ -311,6 +345,61 @@ func restorePlans(ctx context.Context, c Clients, plans []*plan, o RestoreOption
 	}
 	deleteSnapshotObjects(ctx, c, done, o.Timeout)
 	return out, nil
+}
+
+// podsUsing are the pods that mount claim and are not finished (Kubernetes keeps
+// a PVC while one of them exists): users are the virtual cluster vcluster's,
+// foreign the others.
+func podsUsing(pods []corev1.Pod, claim, vcluster string) (users, foreign []string) {
+	for i := range pods {
+		pod := &pods[i]
+		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		for _, v := range pod.Spec.Volumes {
+			if v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != claim {
+				continue
+			}
+			if vcluster != "" && pod.Labels[LabelManagedBy] == vcluster {
+				users = append(users, pod.Name)
+			} else {
+				foreign = append(foreign, pod.Name)
+			}
+			break
+		}
+	}
+	return users, foreign
+}
+
+// stopPods deletes the pods that use a PVC about to be replaced (StopPods) and
+// waits until they are gone; no PVC has been deleted yet.
+func stopPods(ctx context.Context, c Clients, plans []*plan, timeout time.Duration) error {
+	byNS := map[string][]string{}
+	seen := map[string]bool{}
+	for _, p := range plans {
+		for _, pod := range p.users {
+			key := p.ns + "/" + pod
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			slog.Warn("deleting a pod of the paused virtual cluster that mounts a PVC being replaced; its syncer runs it again on resume", "pod", key, "pvc", p.ns+"/"+p.pvc)
+			if err := c.Kube.CoreV1().Pods(p.ns).Delete(ctx, pod, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("delete pod %s, which mounts PVC %s/%s to replace: %w; no PVC was deleted", key, p.ns, p.pvc, err)
+			}
+			byNS[p.ns] = append(byNS[p.ns], key)
+		}
+	}
+	for ns, keys := range byNS {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		api := c.Kube.CoreV1().Pods(ns)
+		err := waitGone(wctx, listWatch(api.List, api.Watch, ""), &corev1.Pod{}, keys)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("wait for the pods %s, which mount PVCs to replace, to be deleted: %w; no PVC was deleted", strings.Join(keys, ", "), err)
+		}
+	}
+	return nil
 }
 
 func replaceExisting(ctx context.Context, c Clients, plans []*plan, timeout time.Duration) error {
