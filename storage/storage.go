@@ -20,6 +20,10 @@ var ErrNotFound = errors.New("object not found")
 // credentials, credentials rejected, permission denied, a network failure.
 var ErrUnavailable = errors.New("store unavailable")
 
+// ErrExists means Create found an object of that name already there (or another
+// Create of it committed first); the existing object is left as it was.
+var ErrExists = errors.New("object already exists")
+
 // ErrIsFolder means a URL that must name an object names a folder.
 var ErrIsFolder = errors.New("the URL names a folder, not an object")
 
@@ -47,6 +51,10 @@ type Store interface {
 	// Put stores everything read from r under name. The object becomes visible only when
 	// Put returns nil; after an error or a cancelled ctx nothing new is visible.
 	Put(ctx context.Context, name string, r io.Reader) error
+	// Create is Put for a new name only: the commit is a conditional write that fails
+	// with ErrExists when the name exists, so of any number of Creates of one name racing
+	// each other exactly one succeeds, and nothing is ever overwritten.
+	Create(ctx context.Context, name string, r io.Reader) error
 	// Get streams a whole object.
 	Get(ctx context.Context, name string) (io.ReadCloser, error)
 	// GetRange streams length bytes from offset.
@@ -71,8 +79,9 @@ type WriteChecker interface {
 type ServerSideCopier interface {
 	// CopyFrom copies src's object srcName to name. It returns ErrNoServerSideCopy, having
 	// done nothing, when src is not reachable from this store's endpoint. Like Put, the
-	// object becomes visible only when CopyFrom returns nil.
-	CopyFrom(ctx context.Context, src Store, srcName, name string) error
+	// object becomes visible only when CopyFrom returns nil. With create, the copy is
+	// committed as Create commits: it fails with ErrExists when name exists.
+	CopyFrom(ctx context.Context, src Store, srcName, name string, create bool) error
 }
 
 // ErrNoServerSideCopy means a server-side copy between the two stores is not possible;

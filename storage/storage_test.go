@@ -2,16 +2,13 @@ package storage_test
 
 import (
 	"context"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/johannesboyne/gofakes3"
-	"github.com/johannesboyne/gofakes3/backend/s3mem"
-
 	"github.com/vcsnap/vcsnap/storage"
 	"github.com/vcsnap/vcsnap/storage/storagetest"
+	"github.com/vcsnap/vcsnap/test/fakes3"
 )
 
 func TestFileStoreConformance(t *testing.T) {
@@ -24,14 +21,10 @@ func TestFileStoreConformance(t *testing.T) {
 // against a real S3 server.
 func TestFakeS3Conformance(t *testing.T) {
 	storagetest.Run(t, storagetest.Options{LargeSize: 12 << 20}, func(t *testing.T) storage.Store {
-		backend := s3mem.New()
-		srv := httptest.NewServer(gofakes3.New(backend).Server())
-		t.Cleanup(srv.Close)
-		if err := backend.CreateBucket("bkt"); err != nil {
-			t.Fatal(err)
-		}
+		srv := fakes3.Start(t, nil, "bkt")
 		t.Setenv("AWS_ACCESS_KEY_ID", "test")
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 		s, err := storage.NewS3Store(context.Background(), storage.S3Options{Bucket: "bkt", Region: "us-east-1",
 			Endpoint: srv.URL, PathStyle: true, PartSize: 5 << 20, MaxAttempts: 2})
 		if err != nil {
