@@ -19,6 +19,8 @@ func FuzzStoreURL(f *testing.F) {
 		"s3://AKIA:SeCrEtKeY123@bucket/k",
 		"s3://bucket/k?secret-access-key=SeCrEtKeY123",
 		"s3://b/%zz",
+		"gs://bucket/path/name?chunk-size=8388608",
+		"gs://bucket/k?chunk-size=1000",
 		"http://x/y",
 		"",
 	} {
@@ -37,11 +39,11 @@ func FuzzStoreURL(f *testing.F) {
 			}
 			return
 		}
-		if p.scheme != "file" && p.scheme != "s3" {
+		if p.scheme != "file" && p.scheme != "s3" && p.scheme != "gs" {
 			t.Fatalf("accepted scheme %q", p.scheme)
 		}
-		if p.scheme == "s3" && p.s3.Bucket == "" {
-			t.Fatalf("s3 URL without a bucket accepted: %q", raw)
+		if p.scheme == "s3" && p.s3.Bucket == "" || p.scheme == "gs" && p.gcs.Bucket == "" {
+			t.Fatalf("%s URL without a bucket accepted: %q", p.scheme, raw)
 		}
 	})
 }

@@ -95,27 +95,42 @@ type Location struct {
 }
 
 // OpenOption adjusts how Open builds a store.
-type OpenOption func(*S3Options)
+type OpenOption func(*openOptions)
 
-// WithHTTPClient makes S3 stores send their requests through hc (tests count or break
-// requests this way).
-func WithHTTPClient(hc *http.Client) OpenOption {
-	return func(o *S3Options) { o.HTTPClient = hc }
+type openOptions struct {
+	httpClient *http.Client
 }
 
-// Open parses a store URL (file:///path/name or s3://bucket/key?options) and opens the store.
+// WithHTTPClient makes S3 and GCS stores send their requests through hc (tests count or
+// break requests this way; a GCS store then adds no credentials of its own).
+func WithHTTPClient(hc *http.Client) OpenOption {
+	return func(o *openOptions) { o.httpClient = hc }
+}
+
+// Open parses a store URL (file:///path/name, s3://bucket/key?options,
+// gs://bucket/key?options) and opens the store.
 func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error) {
 	p, err := parseURL(raw)
 	if err != nil {
 		return Location{}, badURL{err}
 	}
-	if p.scheme == "file" {
-		return Location{Store: NewFileStore("/"), Name: p.name}, nil
-	}
+	var oo openOptions
 	for _, o := range opts {
-		o(&p.s3)
+		o(&oo)
 	}
-	s, err := NewS3Store(ctx, p.s3)
+	var s Store
+	switch p.scheme {
+	case "file":
+		s = NewFileStore("/")
+	case "gs":
+		p.gcs.HTTPClient = oo.httpClient
+		s, err = NewGCSStore(ctx, p.gcs)
+	default:
+		if oo.httpClient != nil {
+			p.s3.HTTPClient = oo.httpClient
+		}
+		s, err = NewS3Store(ctx, p.s3)
+	}
 	if err != nil {
 		return Location{}, err
 	}
@@ -124,8 +139,9 @@ func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error)
 
 // parsedURL is a store URL taken apart, before any store is opened.
 type parsedURL struct {
-	scheme string // "file" or "s3"
+	scheme string // "file", "s3" or "gs"
 	s3     S3Options
+	gcs    GCSOptions
 	name   string
 }
 
@@ -136,7 +152,7 @@ func parseURL(raw string) (parsedURL, error) {
 		return parsedURL{}, fmt.Errorf("store URL: %w", errors.Unwrap(err))
 	}
 	if u.User != nil {
-		return parsedURL{}, errors.New("store URL must not carry credentials: use the environment or the AWS credential chain")
+		return parsedURL{}, errors.New("store URL must not carry credentials: use the environment or the provider's credential chain")
 	}
 	switch u.Scheme {
 	case "file":
@@ -153,10 +169,16 @@ func parseURL(raw string) (parsedURL, error) {
 			return parsedURL{}, err
 		}
 		return parsedURL{scheme: "s3", s3: opts, name: strings.TrimPrefix(u.Path, "/")}, nil
+	case "gs":
+		opts, err := parseGCSOptions(u)
+		if err != nil {
+			return parsedURL{}, err
+		}
+		return parsedURL{scheme: "gs", gcs: opts, name: strings.TrimPrefix(u.Path, "/")}, nil
 	case "":
-		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name or s3://bucket/key", raw)
+		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name, s3://bucket/key or gs://bucket/key", raw)
 	default:
-		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
+		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file://, s3:// or gs://", u.Scheme)
 	}
 }
 
@@ -196,6 +218,9 @@ func SameObject(a Location, b Location) bool {
 		}
 		_, same := as.sameEndpoint(bs)
 		return same && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
+	case *GCSStore:
+		bs, ok := b.Store.(*GCSStore)
+		return ok && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
 	}
 	return false
 }

@@ -59,6 +59,7 @@ func TestOpenURLs(t *testing.T) {
 	for _, bad := range []string{
 		"backups/x", "ftp://h/x", "file://host/x", "file:///", "s3:///key",
 		"s3://bkt/key?secret-access-key=abc", "s3://bkt/key?bogus=1", "s3://user:pw@bkt/key",
+		"gs:///key", "gs://bkt/key?chunk-size=1000", "gs://bkt/key?credentials=x", "gs://bkt/key?bogus=1",
 	} {
 		if _, err := storage.Open(ctx, bad); err == nil {
 			t.Errorf("Open(%q) accepted", bad)
@@ -71,5 +72,10 @@ func TestOpenURLs(t *testing.T) {
 	loc, err = storage.Open(ctx, "s3://bkt/path/name?region=eu-west-1&force-path-style=true&endpoint=http://127.0.0.1:1&sse=aws:kms&kms-key-id=k")
 	if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != "s3://bkt/path/name?region=eu-west-1&endpoint=http://127.0.0.1:1&force-path-style=true" {
 		t.Fatalf("s3 URL: %+v %v", loc, err)
+	}
+	t.Setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:1") // no credentials needed to open
+	loc, err = storage.Open(ctx, "gs://bkt/path/name?chunk-size=8388608")
+	if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != "gs://bkt/path/name?chunk-size=8388608" {
+		t.Fatalf("gs URL: %+v %v", loc, err)
 	}
 }
