@@ -108,7 +108,8 @@ func WithHTTPClient(hc *http.Client) OpenOption {
 }
 
 // Open parses a store URL (file:///path/name, s3://bucket/key?options,
-// gs://bucket/key?options) and opens the store.
+// gs://bucket/key?options, azblob://account/container/key?options or
+// https://account.blob.core.windows.net/container/key) and opens the store.
 func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error) {
 	p, err := parseURL(raw)
 	if err != nil {
@@ -125,6 +126,9 @@ func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error)
 	case "gs":
 		p.gcs.HTTPClient = oo.httpClient
 		s, err = NewGCSStore(ctx, p.gcs)
+	case "azblob":
+		p.azure.HTTPClient = oo.httpClient
+		s, err = NewAzureStore(ctx, p.azure)
 	default:
 		if oo.httpClient != nil {
 			p.s3.HTTPClient = oo.httpClient
@@ -139,9 +143,10 @@ func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error)
 
 // parsedURL is a store URL taken apart, before any store is opened.
 type parsedURL struct {
-	scheme string // "file", "s3" or "gs"
+	scheme string // "file", "s3", "gs" or "azblob"
 	s3     S3Options
 	gcs    GCSOptions
+	azure  AzureOptions
 	name   string
 }
 
@@ -175,10 +180,19 @@ func parseURL(raw string) (parsedURL, error) {
 			return parsedURL{}, err
 		}
 		return parsedURL{scheme: "gs", gcs: opts, name: strings.TrimPrefix(u.Path, "/")}, nil
+	case "azblob", "https":
+		if u.Scheme == "https" && !strings.HasSuffix(u.Host, ".blob.core.windows.net") {
+			return parsedURL{}, fmt.Errorf("https store URL %q: only Azure Blob URLs (https://ACCOUNT.blob.core.windows.net/container/path) are stores; for S3 write s3://bucket/key?endpoint=https://host", u.Redacted())
+		}
+		opts, name, err := parseAzureURL(u)
+		if err != nil {
+			return parsedURL{}, err
+		}
+		return parsedURL{scheme: "azblob", azure: opts, name: name}, nil
 	case "":
-		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name, s3://bucket/key or gs://bucket/key", raw)
+		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name, s3://bucket/key, gs://bucket/key or azblob://account/container/key", raw)
 	default:
-		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file://, s3:// or gs://", u.Scheme)
+		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file://, s3://, gs:// or azblob://", u.Scheme)
 	}
 }
 
@@ -221,6 +235,10 @@ func SameObject(a Location, b Location) bool {
 	case *GCSStore:
 		bs, ok := b.Store.(*GCSStore)
 		return ok && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
+	case *AzureStore:
+		bs, ok := b.Store.(*AzureStore)
+		return ok && as.opts.Account == bs.opts.Account && as.opts.Endpoint == bs.opts.Endpoint &&
+			as.opts.Container == bs.opts.Container && a.Name == b.Name
 	}
 	return false
 }

@@ -60,6 +60,7 @@ func TestOpenURLs(t *testing.T) {
 		"backups/x", "ftp://h/x", "file://host/x", "file:///", "s3:///key",
 		"s3://bkt/key?secret-access-key=abc", "s3://bkt/key?bogus=1", "s3://user:pw@bkt/key",
 		"gs:///key", "gs://bkt/key?chunk-size=1000", "gs://bkt/key?credentials=x", "gs://bkt/key?bogus=1",
+		"azblob://acct", "azblob://acct/cont/key?sig=abc", "azblob://acct/cont/key?bogus=1", "https://example.com/cont/key",
 	} {
 		if _, err := storage.Open(ctx, bad); err == nil {
 			t.Errorf("Open(%q) accepted", bad)
@@ -77,5 +78,15 @@ func TestOpenURLs(t *testing.T) {
 	loc, err = storage.Open(ctx, "gs://bkt/path/name?chunk-size=8388608")
 	if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != "gs://bkt/path/name?chunk-size=8388608" {
 		t.Fatalf("gs URL: %+v %v", loc, err)
+	}
+	t.Setenv("AZURE_STORAGE_KEY", "a2V5") // base64 "key": opening needs no server
+	for in, want := range map[string]string{
+		"azblob://acct/cont/path/name?endpoint=http://127.0.0.1:1/acct": "azblob://acct/cont/path/name?endpoint=http://127.0.0.1:1/acct",
+		"https://acct.blob.core.windows.net/cont/path/name":             "azblob://acct/cont/path/name",
+	} {
+		loc, err = storage.Open(ctx, in)
+		if err != nil || loc.Name != "path/name" || loc.Store.URL(loc.Name) != want {
+			t.Fatalf("azure URL %s: %+v %v", in, loc, err)
+		}
 	}
 }

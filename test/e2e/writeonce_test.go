@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	crand "crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"sync"
@@ -58,6 +59,36 @@ func TestGCSConcurrentCreates(t *testing.T) {
 	}
 	if r := c.run(t, "snapshot", "describe", url); r.Code != 4 {
 		t.Fatalf("describe after delete: %s, want exit 4 (not found)", r)
+	}
+}
+
+// TestAzureConcurrentCreates: the same against Azurite. The 8 MiB bundle is two staged
+// 4 MiB blocks (and a short one), committed by a block list with If-None-Match: *; then
+// the other commands on the bundle, and wrong credentials (exit 9, naming the fix).
+func TestAzureConcurrentCreates(t *testing.T) {
+	rig.RequireIntegration(t)
+	a := rig.StartAzurite(t)
+	datastore := filledEtcd(t)
+	a.CreateContainer(t, "race")
+	c := newCLI(t, nil)
+	c.env = append(c.env, "AZURE_STORAGE_KEY="+a.Key)
+	url := "azblob://" + a.Account + "/race/vc1/snap?block-size=4194304&endpoint=" + a.Endpoint
+	concurrentCLICreates(t, c, datastore, url)
+	if r := c.run(t, "snapshot", "list", "azblob://"+a.Account+"/race/vc1/?endpoint="+a.Endpoint); r.Code != 0 ||
+		!strings.Contains(r.Stdout, "vc1/snap") || !strings.Contains(r.Stdout, "complete") {
+		t.Fatalf("list: %s", r)
+	}
+	if r := c.run(t, "snapshot", "copy", url, "azblob://"+a.Account+"/race/vc1/copy?endpoint="+a.Endpoint); r.Code != 0 {
+		t.Fatalf("copy: %s", r)
+	}
+	if r := c.run(t, "snapshot", "delete", url); r.Code != 0 {
+		t.Fatalf("delete: %s", r)
+	}
+	wrong := newCLI(t, nil)
+	wrong.env = append(wrong.env, "AZURE_STORAGE_KEY="+base64.StdEncoding.EncodeToString([]byte("not the account's key")))
+	if r := wrong.run(t, "snapshot", "describe", "azblob://"+a.Account+"/race/vc1/copy?endpoint="+a.Endpoint); r.Code != 9 ||
+		!strings.Contains(r.Stderr, "AZURE_STORAGE_KEY") {
+		t.Fatalf("describe with a wrong key: %s, want exit 9 naming AZURE_STORAGE_KEY", r)
 	}
 }
 
