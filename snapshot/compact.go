@@ -101,7 +101,7 @@ func Compact(ctx context.Context, prefixURL string, o CompactOptions) (*CompactR
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	putErr := loc.Store.Put(ctx, name, pr)
+	putErr := storeBundle(ctx, loc.Store, name, pr, false)
 	pr.CloseWithError(errUploadStopped)
 	if err := <-done; err != nil && !errors.Is(err, errUploadStopped) {
 		return nil, err

@@ -98,10 +98,12 @@ func Copy(ctx context.Context, from, to string, o CopyOptions) (*CopyResult, err
 
 	copied := false
 	if ssc, ok := dst.Store.(storage.ServerSideCopier); ok && !rewrite && !o.StreamOnly {
-		switch err := ssc.CopyFrom(ctx, src.Store, src.Name, dst.Name); {
+		switch err := ssc.CopyFrom(ctx, src.Store, src.Name, dst.Name, !o.Overwrite); {
 		case err == nil:
 			copied, res.ServerSide, res.Bytes = true, true, info.Size
 			slog.Debug("copied server-side", "from", res.From, "to", res.To)
+		case errors.Is(err, storage.ErrExists):
+			return nil, fmt.Errorf("%w: %s was created by another run meanwhile (pass --overwrite to replace it)", ErrExists, dst.Store.URL(dst.Name))
 		case !errors.Is(err, storage.ErrNoServerSideCopy):
 			return nil, err
 		}
@@ -119,7 +121,7 @@ func Copy(ctx context.Context, from, to string, o CopyOptions) (*CopyResult, err
 				return nil
 			}
 		}
-		if res.Bytes, err = streamCopy(ctx, src, dst, edit); err != nil {
+		if res.Bytes, err = streamCopy(ctx, src, dst, edit, o.Overwrite); err != nil {
 			return nil, err
 		}
 	}
@@ -140,7 +142,7 @@ func Copy(ctx context.Context, from, to string, o CopyOptions) (*CopyResult, err
 // streamCopy passes the bundle's bytes through vcsnap, verifying them (and with edit
 // rewriting the manifest) on the way; the upload sees its end only once the source's
 // trailer checked out. It returns the bytes written.
-func streamCopy(ctx context.Context, src, dst storage.Location, edit func(*bundle.Manifest) error) (int64, error) {
+func streamCopy(ctx context.Context, src, dst storage.Location, edit func(*bundle.Manifest) error, overwrite bool) (int64, error) {
 	rc, err := src.Store.Get(ctx, src.Name)
 	if err != nil {
 		return 0, err
@@ -163,7 +165,7 @@ func streamCopy(ctx context.Context, src, dst storage.Location, edit func(*bundl
 		pw.CloseWithError(err)
 		verified <- err
 	}()
-	putErr := dst.Store.Put(ctx, dst.Name, pr)
+	putErr := storeBundle(ctx, dst.Store, dst.Name, pr, overwrite)
 	pr.CloseWithError(errUploadStopped)
 	verr := <-verified
 	if putErr != nil && (verr == nil || errors.Is(verr, errUploadStopped)) {

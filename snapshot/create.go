@@ -182,7 +182,7 @@ func createOnce(ctx context.Context, src datastore.Source, loc storage.Location,
 		pw.CloseWithError(err) // nil closes with EOF
 		done <- result{m, err}
 	}()
-	putErr := loc.Store.Put(ctx, loc.Name, pr)
+	putErr := storeBundle(ctx, loc.Store, loc.Name, pr, o.Overwrite)
 	pr.CloseWithError(errUploadStopped)
 	cancel()
 	res := <-done
@@ -193,6 +193,20 @@ func createOnce(ctx context.Context, src datastore.Source, loc storage.Location,
 		return nil, res.err // the source failed; Put failed because of it
 	}
 	return res.m, nil
+}
+
+// storeBundle stores a bundle under name: with the store's conditional create unless
+// overwriting was asked for, so a bundle that another run stored meanwhile (two creates of
+// one URL at the same moment) is never replaced: the later one fails with ErrExists.
+func storeBundle(ctx context.Context, s storage.Store, name string, r io.Reader, overwrite bool) error {
+	if overwrite {
+		return s.Put(ctx, name, r)
+	}
+	err := s.Create(ctx, name, r)
+	if errors.Is(err, storage.ErrExists) {
+		return fmt.Errorf("%w: %s was created by another run meanwhile (delete it first or pass --overwrite)", ErrExists, s.URL(name))
+	}
+	return err
 }
 
 // emitter writes what the source reads into the bundle.

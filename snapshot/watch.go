@@ -578,7 +578,7 @@ func (w *watcher) storeDelta(ctx context.Context, base, rev int64, batch []datas
 		return nil, err
 	}
 	name := w.name(bundle.KindDelta)
-	if err := w.store.Put(ctx, name, &buf); err != nil {
+	if err := storeBundle(ctx, w.store, name, &buf, false); err != nil {
 		return nil, fmt.Errorf("store delta %s: %w", w.store.URL(name), err)
 	}
 	slog.Debug("stored a delta", "bundle", w.store.URL(name), "chain", w.chain, "baseRevision", m.BaseRevision,

@@ -65,7 +65,19 @@ func (s *FileStore) URL(name string) string {
 	return "file://" + filepath.Join(s.root, filepath.Clean("/"+name))
 }
 
-func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) (err error) {
+func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) error {
+	return s.put(ctx, name, r, false)
+}
+
+// Create is Put that never replaces: the finished temporary file is moved into place
+// with a rename that fails when the name exists (renameat2 RENAME_NOREPLACE, or a hard
+// link where the filesystem lacks it), so of two creates racing for one name exactly one
+// wins and the other gets ErrExists.
+func (s *FileStore) Create(ctx context.Context, name string, r io.Reader) error {
+	return s.put(ctx, name, r, true)
+}
+
+func (s *FileStore) put(ctx context.Context, name string, r io.Reader, noReplace bool) (err error) {
 	p, err := s.path(name)
 	if err != nil {
 		return err
@@ -96,7 +108,15 @@ func (s *FileStore) Put(ctx context.Context, name string, r io.Reader) (err erro
 	if err = ctx.Err(); err != nil {
 		return err
 	}
-	if err = os.Rename(f.Name(), p); err != nil {
+	if noReplace {
+		err = renameNoReplace(f.Name(), p)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s: %w", s.URL(name), ErrExists)
+		}
+	} else {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
 		return err
 	}
 	// The object is visible now, so Put succeeds; the data itself is already on disk.

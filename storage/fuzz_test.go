@@ -19,6 +19,12 @@ func FuzzStoreURL(f *testing.F) {
 		"s3://AKIA:SeCrEtKeY123@bucket/k",
 		"s3://bucket/k?secret-access-key=SeCrEtKeY123",
 		"s3://b/%zz",
+		"gs://bucket/path/name?chunk-size=8388608",
+		"gs://bucket/k?chunk-size=1000",
+		"azblob://acct/cont/path/name?endpoint=http://127.0.0.1:10000/devstoreaccount1&block-size=4194304",
+		"https://acct.blob.core.windows.net/cont/path/name",
+		"https://acct.blob.core.windows.net/cont/k?sv=2022&sig=SeCrEtSiG123",
+		"azblob://acct/",
 		"http://x/y",
 		"",
 	} {
@@ -37,11 +43,12 @@ func FuzzStoreURL(f *testing.F) {
 			}
 			return
 		}
-		if p.scheme != "file" && p.scheme != "s3" {
+		if p.scheme != "file" && p.scheme != "s3" && p.scheme != "gs" && p.scheme != "azblob" {
 			t.Fatalf("accepted scheme %q", p.scheme)
 		}
-		if p.scheme == "s3" && p.s3.Bucket == "" {
-			t.Fatalf("s3 URL without a bucket accepted: %q", raw)
+		if p.scheme == "s3" && p.s3.Bucket == "" || p.scheme == "gs" && p.gcs.Bucket == "" ||
+			p.scheme == "azblob" && (p.azure.Account == "" || p.azure.Container == "") {
+			t.Fatalf("%s URL without a bucket accepted: %q", p.scheme, raw)
 		}
 	})
 }

@@ -196,22 +196,69 @@ func (s *S3Store) partSize(n int) int64 {
 }
 
 func (s *S3Store) Put(ctx context.Context, name string, r io.Reader) error {
+	return s.put(ctx, name, r, false)
+}
+
+// Create is Put with "If-None-Match: *" on the request that makes the object visible
+// (PutObject, or CompleteMultipartUpload), so S3 itself refuses to replace an object:
+// of two creates of one key exactly one succeeds. The server must honour conditional
+// writes (AWS S3 does; so does MinIO).
+func (s *S3Store) Create(ctx context.Context, name string, r io.Reader) error {
+	return s.put(ctx, name, r, true)
+}
+
+func (s *S3Store) put(ctx context.Context, name string, r io.Reader, create bool) error {
 	first := make([]byte, s.partSize(1))
 	n, err := io.ReadFull(r, first)
 	if endOfStream(err) {
 		// Small enough for one request, which is atomic by itself.
-		in := &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &name, Body: bytes.NewReader(first[:n]),
-			ContentLength: aws.Int64(int64(n))}
-		s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
-		if _, err := s.client.PutObject(ctx, in); err != nil {
-			return fmt.Errorf("upload: %w", s.mapErr(name, err))
+		err := s.commit(ctx, name, create, func(ifNoneMatch *string) error {
+			in := &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &name, Body: bytes.NewReader(first[:n]),
+				ContentLength: aws.Int64(int64(n)), IfNoneMatch: ifNoneMatch}
+			s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
+			_, err := s.client.PutObject(ctx, in)
+			return err
+		})
+		if err != nil && !errors.Is(err, ErrExists) {
+			err = fmt.Errorf("upload: %w", s.mapErr(name, err))
 		}
-		return nil
+		return err
 	}
 	if err != nil {
 		return err
 	}
-	return s.putMultipart(ctx, name, first, r)
+	return s.putMultipart(ctx, name, first, r, create)
+}
+
+// commit runs the request that makes an object visible. For a create it carries
+// "If-None-Match: *": a refusal (412) means the key exists and becomes ErrExists, and a
+// conflict with a concurrent write of the key (409 ConditionalRequestConflict, which
+// S3 asks clients to retry) is retried until one of the writes has won.
+func (s *S3Store) commit(ctx context.Context, name string, create bool, do func(ifNoneMatch *string) error) error {
+	if !create {
+		return do(nil)
+	}
+	for attempt := 1; ; attempt++ {
+		err := do(aws.String("*"))
+		var apiErr smithy.APIError
+		if !errors.As(err, &apiErr) {
+			return err
+		}
+		switch apiErr.ErrorCode() {
+		case "PreconditionFailed":
+			return fmt.Errorf("%s: %w", s.URL(name), ErrExists)
+		case "ConditionalRequestConflict":
+			if attempt < 10 && ctx.Err() == nil {
+				slog.Debug("a concurrent write of the key conflicted; retrying the conditional commit", "object", s.URL(name), "attempt", attempt)
+				select {
+				case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+				case <-ctx.Done():
+				}
+				continue
+			}
+		}
+		return err
+	}
 }
 
 func (s *S3Store) applySSE(sse *types.ServerSideEncryption, kms **string) {
@@ -225,7 +272,7 @@ func (s *S3Store) applySSE(sse *types.ServerSideEncryption, kms **string) {
 
 // putMultipart streams r as a multipart upload. Parts upload concurrently from a bounded
 // set of buffers; any failure or cancellation aborts the upload, so no object appears.
-func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r io.Reader) (err error) {
+func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r io.Reader, create bool) (err error) {
 	in := &s3.CreateMultipartUploadInput{Bucket: &s.opts.Bucket, Key: &name}
 	s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
 	created, err := s.client.CreateMultipartUpload(ctx, in)
@@ -310,8 +357,16 @@ func (s *S3Store) putMultipart(ctx context.Context, name string, first []byte, r
 		return cause
 	}
 	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
-	if _, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
-		Key: &name, UploadId: uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}); err != nil {
+	err = s.commit(ctx, name, create, func(ifNoneMatch *string) error {
+		_, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
+			Key: &name, UploadId: uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+			IfNoneMatch: ifNoneMatch})
+		return err
+	})
+	if errors.Is(err, ErrExists) {
+		return err
+	}
+	if err != nil {
 		return fmt.Errorf("complete upload of %s: %w", s.URL(name), err)
 	}
 	return nil

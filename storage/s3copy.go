@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -32,7 +33,7 @@ func (s *S3Store) sameEndpoint(src Store) (*S3Store, bool) {
 // on any failure, so an interrupted copy leaves nothing visible. Every request is pinned
 // to the source's ETag, so a source replaced during the copy fails it instead of
 // yielding a mix of two objects.
-func (s *S3Store) CopyFrom(ctx context.Context, src Store, srcName, name string) error {
+func (s *S3Store) CopyFrom(ctx context.Context, src Store, srcName, name string, create bool) error {
 	from, ok := s.sameEndpoint(src)
 	if !ok {
 		return ErrNoServerSideCopy
@@ -43,18 +44,26 @@ func (s *S3Store) CopyFrom(ctx context.Context, src Store, srcName, name string)
 	}
 	size, etag := aws.ToInt64(head.ContentLength), head.ETag
 	source := copySource(from.opts.Bucket, srcName)
-	if size <= s.partSize(1) {
-		in := &s3.CopyObjectInput{Bucket: &s.opts.Bucket, Key: &name, CopySource: &source, CopySourceIfMatch: etag}
-		s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
-		if _, err := s.client.CopyObject(ctx, in); err != nil {
-			return fmt.Errorf("server-side copy of %s to %s: %w", from.URL(srcName), s.URL(name), err)
+	// A create commits with CompleteMultipartUpload even for one part: MinIO ignores
+	// If-None-Match on CopyObject (and would overwrite) but honours it there. (An empty
+	// object has no part to copy; no bundle is empty.)
+	if size == 0 || (size <= s.partSize(1) && !create) {
+		err := s.commit(ctx, name, create, func(ifNoneMatch *string) error {
+			in := &s3.CopyObjectInput{Bucket: &s.opts.Bucket, Key: &name, CopySource: &source, CopySourceIfMatch: etag,
+				IfNoneMatch: ifNoneMatch}
+			s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
+			_, err := s.client.CopyObject(ctx, in)
+			return err
+		})
+		if err != nil && !errors.Is(err, ErrExists) {
+			err = fmt.Errorf("server-side copy of %s to %s: %w", from.URL(srcName), s.URL(name), err)
 		}
-		return nil
+		return err
 	}
-	return s.copyMultipart(ctx, from.URL(srcName), source, etag, size, name)
+	return s.copyMultipart(ctx, from.URL(srcName), source, etag, size, name, create)
 }
 
-func (s *S3Store) copyMultipart(ctx context.Context, srcURL, source string, etag *string, size int64, name string) (err error) {
+func (s *S3Store) copyMultipart(ctx context.Context, srcURL, source string, etag *string, size int64, name string, create bool) (err error) {
 	in := &s3.CreateMultipartUploadInput{Bucket: &s.opts.Bucket, Key: &name}
 	s.applySSE(&in.ServerSideEncryption, &in.SSEKMSKeyId)
 	created, err := s.client.CreateMultipartUpload(ctx, in)
@@ -111,11 +120,16 @@ func (s *S3Store) copyMultipart(ctx context.Context, srcURL, source string, etag
 		return ctx.Err()
 	}
 	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
-	if _, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
-		Key: &name, UploadId: uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}); err != nil {
-		return fmt.Errorf("complete server-side copy to %s: %w", s.URL(name), err)
+	err = s.commit(ctx, name, create, func(ifNoneMatch *string) error {
+		_, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.opts.Bucket,
+			Key: &name, UploadId: uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+			IfNoneMatch: ifNoneMatch})
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrExists) {
+		err = fmt.Errorf("complete server-side copy to %s: %w", s.URL(name), err)
 	}
-	return nil
+	return err
 }
 
 // abortUpload aborts a multipart upload even when ctx is already cancelled.

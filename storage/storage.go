@@ -20,6 +20,10 @@ var ErrNotFound = errors.New("object not found")
 // credentials, credentials rejected, permission denied, a network failure.
 var ErrUnavailable = errors.New("store unavailable")
 
+// ErrExists means Create found an object of that name already there (or another
+// Create of it committed first); the existing object is left as it was.
+var ErrExists = errors.New("object already exists")
+
 // ErrIsFolder means a URL that must name an object names a folder.
 var ErrIsFolder = errors.New("the URL names a folder, not an object")
 
@@ -47,6 +51,10 @@ type Store interface {
 	// Put stores everything read from r under name. The object becomes visible only when
 	// Put returns nil; after an error or a cancelled ctx nothing new is visible.
 	Put(ctx context.Context, name string, r io.Reader) error
+	// Create is Put for a new name only: the commit is a conditional write that fails
+	// with ErrExists when the name exists, so of any number of Creates of one name racing
+	// each other exactly one succeeds, and nothing is ever overwritten.
+	Create(ctx context.Context, name string, r io.Reader) error
 	// Get streams a whole object.
 	Get(ctx context.Context, name string) (io.ReadCloser, error)
 	// GetRange streams length bytes from offset.
@@ -71,8 +79,9 @@ type WriteChecker interface {
 type ServerSideCopier interface {
 	// CopyFrom copies src's object srcName to name. It returns ErrNoServerSideCopy, having
 	// done nothing, when src is not reachable from this store's endpoint. Like Put, the
-	// object becomes visible only when CopyFrom returns nil.
-	CopyFrom(ctx context.Context, src Store, srcName, name string) error
+	// object becomes visible only when CopyFrom returns nil. With create, the copy is
+	// committed as Create commits: it fails with ErrExists when name exists.
+	CopyFrom(ctx context.Context, src Store, srcName, name string, create bool) error
 }
 
 // ErrNoServerSideCopy means a server-side copy between the two stores is not possible;
@@ -86,27 +95,46 @@ type Location struct {
 }
 
 // OpenOption adjusts how Open builds a store.
-type OpenOption func(*S3Options)
+type OpenOption func(*openOptions)
 
-// WithHTTPClient makes S3 stores send their requests through hc (tests count or break
-// requests this way).
-func WithHTTPClient(hc *http.Client) OpenOption {
-	return func(o *S3Options) { o.HTTPClient = hc }
+type openOptions struct {
+	httpClient *http.Client
 }
 
-// Open parses a store URL (file:///path/name or s3://bucket/key?options) and opens the store.
+// WithHTTPClient makes S3 and GCS stores send their requests through hc (tests count or
+// break requests this way; a GCS store then adds no credentials of its own).
+func WithHTTPClient(hc *http.Client) OpenOption {
+	return func(o *openOptions) { o.httpClient = hc }
+}
+
+// Open parses a store URL (file:///path/name, s3://bucket/key?options,
+// gs://bucket/key?options, azblob://account/container/key?options or
+// https://account.blob.core.windows.net/container/key) and opens the store.
 func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error) {
 	p, err := parseURL(raw)
 	if err != nil {
 		return Location{}, badURL{err}
 	}
-	if p.scheme == "file" {
-		return Location{Store: NewFileStore("/"), Name: p.name}, nil
-	}
+	var oo openOptions
 	for _, o := range opts {
-		o(&p.s3)
+		o(&oo)
 	}
-	s, err := NewS3Store(ctx, p.s3)
+	var s Store
+	switch p.scheme {
+	case "file":
+		s = NewFileStore("/")
+	case "gs":
+		p.gcs.HTTPClient = oo.httpClient
+		s, err = NewGCSStore(ctx, p.gcs)
+	case "azblob":
+		p.azure.HTTPClient = oo.httpClient
+		s, err = NewAzureStore(ctx, p.azure)
+	default:
+		if oo.httpClient != nil {
+			p.s3.HTTPClient = oo.httpClient
+		}
+		s, err = NewS3Store(ctx, p.s3)
+	}
 	if err != nil {
 		return Location{}, err
 	}
@@ -115,8 +143,10 @@ func Open(ctx context.Context, raw string, opts ...OpenOption) (Location, error)
 
 // parsedURL is a store URL taken apart, before any store is opened.
 type parsedURL struct {
-	scheme string // "file" or "s3"
+	scheme string // "file", "s3", "gs" or "azblob"
 	s3     S3Options
+	gcs    GCSOptions
+	azure  AzureOptions
 	name   string
 }
 
@@ -127,7 +157,7 @@ func parseURL(raw string) (parsedURL, error) {
 		return parsedURL{}, fmt.Errorf("store URL: %w", errors.Unwrap(err))
 	}
 	if u.User != nil {
-		return parsedURL{}, errors.New("store URL must not carry credentials: use the environment or the AWS credential chain")
+		return parsedURL{}, errors.New("store URL must not carry credentials: use the environment or the provider's credential chain")
 	}
 	switch u.Scheme {
 	case "file":
@@ -144,10 +174,25 @@ func parseURL(raw string) (parsedURL, error) {
 			return parsedURL{}, err
 		}
 		return parsedURL{scheme: "s3", s3: opts, name: strings.TrimPrefix(u.Path, "/")}, nil
+	case "gs":
+		opts, err := parseGCSOptions(u)
+		if err != nil {
+			return parsedURL{}, err
+		}
+		return parsedURL{scheme: "gs", gcs: opts, name: strings.TrimPrefix(u.Path, "/")}, nil
+	case "azblob", "https":
+		if u.Scheme == "https" && !strings.HasSuffix(u.Host, ".blob.core.windows.net") {
+			return parsedURL{}, fmt.Errorf("https store URL %q: only Azure Blob URLs (https://ACCOUNT.blob.core.windows.net/container/path) are stores; for S3 write s3://bucket/key?endpoint=https://host", u.Redacted())
+		}
+		opts, name, err := parseAzureURL(u)
+		if err != nil {
+			return parsedURL{}, err
+		}
+		return parsedURL{scheme: "azblob", azure: opts, name: name}, nil
 	case "":
-		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name or s3://bucket/key", raw)
+		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name, s3://bucket/key, gs://bucket/key or azblob://account/container/key", raw)
 	default:
-		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file:// or s3://", u.Scheme)
+		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file://, s3://, gs:// or azblob://", u.Scheme)
 	}
 }
 
@@ -187,6 +232,13 @@ func SameObject(a Location, b Location) bool {
 		}
 		_, same := as.sameEndpoint(bs)
 		return same && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
+	case *GCSStore:
+		bs, ok := b.Store.(*GCSStore)
+		return ok && as.opts.Bucket == bs.opts.Bucket && a.Name == b.Name
+	case *AzureStore:
+		bs, ok := b.Store.(*AzureStore)
+		return ok && as.opts.Account == bs.opts.Account && as.opts.Endpoint == bs.opts.Endpoint &&
+			as.opts.Container == bs.opts.Container && a.Name == b.Name
 	}
 	return false
 }

@@ -13,6 +13,9 @@ declare -A need=(
 	[/usr/bin/time]=time
 	# The real vcluster's Kubernetes image needs a static cp (test/image, vcluster-kubernetes).
 	[busybox]=busybox-static
+	# Azurite, the Azure Storage emulator (test/tools/build.sh installs it with npm).
+	[node]=nodejs
+	[npm]=npm
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"sync"
 	"testing"
 
 	"github.com/vcsnap/vcsnap/storage"
@@ -22,6 +23,8 @@ type IncompleteLister interface {
 type Options struct {
 	// LargeSize is a size that forces the store's multi-part path (S3: above one part).
 	LargeSize int
+	// Creators is how many Creates of one name race in ConcurrentCreates; zero means 8.
+	Creators int
 }
 
 // Run runs the whole suite. newStore returns an empty store for each subtest.
@@ -29,6 +32,9 @@ func Run(t *testing.T, opts Options, newStore func(t *testing.T) storage.Store) 
 	ctx := context.Background()
 	if opts.LargeSize == 0 {
 		opts.LargeSize = 3 << 20
+	}
+	if opts.Creators == 0 {
+		opts.Creators = 8
 	}
 
 	t.Run("PutGetStat", func(t *testing.T) {
@@ -98,6 +104,70 @@ func Run(t *testing.T, opts Options, newStore func(t *testing.T) storage.Store) 
 		assertObject(t, s, "o", []byte("second"))
 	})
 
+	// Create never replaces: a second Create of a name fails with ErrExists and leaves
+	// the first object whole; a failed Create leaves the name free.
+	t.Run("CreateNeverReplaces", func(t *testing.T) {
+		s := newStore(t)
+		for _, size := range []int{10, opts.LargeSize} {
+			name := fmt.Sprintf("c/%d", size)
+			first := randomBytes(size, 11)
+			if err := s.Create(ctx, name, onlyReader{bytes.NewReader(first)}); err != nil {
+				t.Fatalf("create %d bytes: %v", size, err)
+			}
+			err := s.Create(ctx, name, onlyReader{bytes.NewReader(randomBytes(size, 12))})
+			if !errors.Is(err, storage.ErrExists) {
+				t.Fatalf("second create of %s: %v, want ErrExists", name, err)
+			}
+			assertObject(t, s, name, first)
+		}
+		boom := errors.New("source failed")
+		if err := s.Create(ctx, "c/failed", io.MultiReader(bytes.NewReader(randomBytes(100, 3)), errReader{boom})); !errors.Is(err, boom) {
+			t.Fatalf("create with a failing reader returned %v, want the reader's error", err)
+		}
+		mustCreate(t, s, "c/failed", []byte("after a failed create"))
+		assertList(t, s, "c/", "c/10", fmt.Sprintf("c/%d", opts.LargeSize), "c/failed")
+		if il, ok := s.(IncompleteLister); ok {
+			if inc, err := il.ListIncomplete(ctx, ""); err != nil || len(inc) != 0 {
+				t.Fatalf("incomplete uploads left behind: %v %v", inc, err)
+			}
+		}
+	})
+
+	// Concurrent creates of one name: exactly one wins, every other gets ErrExists, and
+	// the object is the winner's bytes, whole.
+	t.Run("ConcurrentCreates", func(t *testing.T) {
+		s := newStore(t)
+		ConcurrentCreates(t, s, "race/obj", opts.Creators, opts.LargeSize)
+	})
+
+	// A server-side copy committed as a create never replaces either (S3: CopyObject and
+	// the UploadPartCopy upload's completion carry If-None-Match).
+	t.Run("CopyCreateNeverReplaces", func(t *testing.T) {
+		s := newStore(t)
+		ssc, ok := s.(storage.ServerSideCopier)
+		if !ok {
+			t.Skip("the store copies no object server-side")
+		}
+		for _, size := range []int{10, opts.LargeSize} {
+			src, dst := fmt.Sprintf("src/%d", size), fmt.Sprintf("dst/%d", size)
+			data := randomBytes(size, 21)
+			mustPut(t, s, src, data)
+			if err := ssc.CopyFrom(ctx, s, src, dst, true); err != nil {
+				t.Fatalf("copy %d bytes: %v", size, err)
+			}
+			mustPut(t, s, src, randomBytes(size, 22))
+			if err := ssc.CopyFrom(ctx, s, src, dst, true); !errors.Is(err, storage.ErrExists) {
+				t.Fatalf("second copy to %s: %v, want ErrExists", dst, err)
+			}
+			assertObject(t, s, dst, data)
+		}
+		if il, ok := s.(IncompleteLister); ok {
+			if inc, err := il.ListIncomplete(ctx, ""); err != nil || len(inc) != 0 {
+				t.Fatalf("incomplete uploads left behind: %v %v", inc, err)
+			}
+		}
+	})
+
 	// A failed or cancelled Put leaves nothing visible, small or multi-part.
 	t.Run("FailedPutInvisible", func(t *testing.T) {
 		s := newStore(t)
@@ -157,6 +227,57 @@ func mustPut(t *testing.T, s storage.Store, name string, data []byte) {
 	if err := s.Put(context.Background(), name, bytes.NewReader(data)); err != nil {
 		t.Fatalf("put %s: %v", name, err)
 	}
+}
+
+func mustCreate(t *testing.T, s storage.Store, name string, data []byte) {
+	t.Helper()
+	if err := s.Create(context.Background(), name, bytes.NewReader(data)); err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+}
+
+// ConcurrentCreates starts n Creates of name at once, each with its own size bytes, and
+// checks that exactly one succeeded, that every other failed with storage.ErrExists, and
+// that the object holds the winner's bytes. It returns the winner's bytes.
+func ConcurrentCreates(t *testing.T, s storage.Store, name string, n, size int) []byte {
+	t.Helper()
+	ctx := context.Background()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data := randomBytes(size, int64(100+i))
+			<-start
+			errs[i] = s.Create(ctx, name, onlyReader{bytes.NewReader(data)})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("creates %d and %d of %s both succeeded", winner, i, name)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, storage.ErrExists):
+			t.Fatalf("create %d of %s: %v, want success or ErrExists", i, name, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatalf("none of %d creates of %s succeeded: %v", n, name, errs)
+	}
+	want := randomBytes(size, int64(100+winner))
+	assertObject(t, s, name, want)
+	if il, ok := s.(IncompleteLister); ok {
+		if inc, err := il.ListIncomplete(ctx, ""); err != nil || len(inc) != 0 {
+			t.Fatalf("the losing creates left incomplete uploads: %v %v", inc, err)
+		}
+	}
+	return want
 }
 
 func assertObject(t *testing.T, s storage.Store, name string, want []byte) {

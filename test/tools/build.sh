@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned test tools (etcd, kine, Kubernetes components, MinIO, CSI
-# sidecars, helm) and the VolumeSnapshot CRDs into a cache folder, idempotently.
+# Builds the pinned test tools (etcd, kine, Kubernetes components, MinIO,
+# fake-gcs-server, CSI sidecars, helm) and the VolumeSnapshot CRDs into a cache
+# folder, and installs Azurite (npm), idempotently.
 #
 #   test/tools/build.sh [TOOL...]     # default: every tool except the extras
 #   test/tools/build.sh --list        # print tool names and pins
@@ -36,6 +37,8 @@ ETCD_VERSION=v3.5.21                                  # go.etcd.io/etcd/{server,
 KINE_VERSION=v0.16.4                                  # github.com/k3s-io/kine (go install)
 K8S_VERSION=v1.32.2                                   # k8s.io/kubernetes + staging v0.32.2 (wrapper: kubernetes/)
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c      # github.com/minio/minio (go install)
+FAKE_GCS_VERSION=v1.56.1                              # github.com/fsouza/fake-gcs-server (go install; a GCS emulator)
+AZURITE_VERSION=3.35.0                                # npm azurite (an Azure Storage emulator; 3.36+ need Node.js 22, Debian has 18)
 SNAPSHOTTER_VERSION=v8.2.0                            # github.com/kubernetes-csi/external-snapshotter/v8 (wrapper: external-snapshotter/)
 SNAPSHOT_CLIENT_VERSION=v8.2.0                        # github.com/kubernetes-csi/external-snapshotter/client/v8 (CRDs)
 PROVISIONER_VERSION=v5.3.0                            # github.com/kubernetes-csi/external-provisioner/v5 (wrapper: external-provisioner/)
@@ -48,6 +51,8 @@ ALL_TOOLS=(
   kine
   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
   minio
+  fake-gcs-server
+  azurite
   snapshot-controller csi-snapshotter
   csi-provisioner
   helm
@@ -67,6 +72,8 @@ pin_of() {
     kine) echo "$KINE_VERSION" ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl) echo "$K8S_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;;
+    fake-gcs-server) echo "$FAKE_GCS_VERSION" ;;
+    azurite) echo "$AZURITE_VERSION" ;;
     snapshot-controller|csi-snapshotter) echo "$SNAPSHOTTER_VERSION" ;;
     csi-provisioner) echo "$PROVISIONER_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
@@ -120,6 +127,8 @@ up_to_date() {
     done
   elif [[ "$tool" == vcluster-chart ]]; then
     chart_complete "$CHARTS/vcluster" || return 1
+  elif [[ "$tool" == azurite ]]; then
+    [[ -x "$BIN/$tool" && -s "$DIR/azurite-$pin/node_modules/azurite/package.json" ]] || return 1
   else
     [[ -x "$BIN/$tool" ]] || return 1
   fi
@@ -210,6 +219,26 @@ build_tool() {
     minio)
       goinstall_build "$out" "github.com/minio/minio@$MINIO_VERSION" minio -ldflags "$(minio_ldflags)"
       ;;
+    fake-gcs-server)
+      goinstall_build "$out" "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION" fake-gcs-server -ldflags "-s -w"
+      ;;
+    azurite)
+      # npm installs the package (checked against the registry's integrity hashes)
+      # into its own folder; bin/azurite is a script that runs its blob service.
+      command -v npm >/dev/null || die "npm not found (Azurite runs on Node.js): apt-get install nodejs npm"
+      local pkg="$DIR/azurite-$AZURITE_VERSION"
+      rm -rf "$pkg.tmp"
+      npm install --no-audit --no-fund --omit=dev --prefix "$pkg.tmp" "azurite@$AZURITE_VERSION"
+      rm -rf "$pkg"
+      mv "$pkg.tmp" "$pkg"
+      cat >"$out" <<EOS
+#!/bin/sh
+# Azurite $AZURITE_VERSION's blob service (installed by test/tools/build.sh).
+if [ "\$1" = --version ]; then exec node -p "require('$pkg/node_modules/azurite/package.json').version"; fi
+exec node "$pkg/node_modules/azurite/dist/src/blob/main.js" "\$@"
+EOS
+      chmod +x "$out"
+      ;;
     snapshot-controller|csi-snapshotter)
       check_wrapper_pin external-snapshotter github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION"
       wrapper_build external-snapshotter "$out" "github.com/kubernetes-csi/external-snapshotter/v8/cmd/$tool" \
@@ -248,6 +277,9 @@ verify_tool() {
     kubectl) out="$("$f" version --client)" ;;
     helm) out="$("$f" version --short)" ;;
     minio) out="$("$f" --version)"; want="${MINIO_VERSION##*-}" ;;
+    # No version flag: its usage lists the flags the rig passes.
+    fake-gcs-server) out="$("$f" -help 2>&1 || true)"; want="-external-url" ;;
+    azurite) out="$("$f" --version)" ;;
     # vcluster prints "vcluster version 0.30.0". The CLI's --version runs no
     # telemetry and no update check; HOME is a scratch dir so it writes nothing.
     vcluster) out="$("$f" --version 2>&1)"; want="version ${want#v}" ;;
