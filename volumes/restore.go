@@ -37,7 +37,8 @@ type RestoreOptions struct {
 	// host may name its classes differently).
 	StorageClass string
 	// Force replaces an existing PVC of the same name (deleting it and, with a
-	// Delete reclaim policy, its data). Without it Restore refuses with ErrPVCExists.
+	// Delete reclaim policy, its data). Without it Restore refuses with ErrPVCExists;
+	// a PVC that is being deleted already is waited for instead, Force or not.
 	Force bool
 	// StopPods deletes the pods of the virtual cluster TargetName (labelled
 	// LabelManagedBy) that mount a PVC being replaced, and waits until they are
@@ -85,7 +86,8 @@ type plan struct {
 	labels    map[string]string
 	annots    map[string]string
 	immediate bool     // the class binds immediately: wait for Bound
-	replace   bool     // an existing PVC is deleted first (Force)
+	replace   bool     // an existing PVC is deleted first (Force), or waited for (going)
+	going     bool     // the existing PVC is being deleted already: nothing to replace, wait until it is gone
 	users     []string // pods mounting the PVC being replaced, deleted first (StopPods)
 	madePVC   bool
 }
@@ -130,7 +132,10 @@ func Restore(ctx context.Context, c Clients, vols []bundle.Volume, o RestoreOpti
 			for _, pod := range p.users {
 				dry("delete pod %s/%s, which mounts PVC %s (the virtual cluster is paused: its syncer runs the pod again on resume), and wait until it is gone", p.ns, pod, p.pvc)
 			}
-			if p.replace {
+			switch {
+			case p.going:
+				dry("wait until the PVC %s/%s, which is being deleted, is gone", p.ns, p.pvc)
+			case p.replace:
 				dry("delete the existing PVC %s/%s (replace) and wait until it is gone", p.ns, p.pvc)
 			}
 			bind := "wait until Bound, then delete the VolumeSnapshot and its content (the storage snapshot stays)"
@@ -236,8 +241,12 @@ func check(ctx context.Context, c Clients, plans []*plan, o RestoreOptions) erro
 			}
 			nsOK[p.ns] = true
 		}
-		_, err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Get(ctx, p.pvc, metav1.GetOptions{})
+		existing, err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Get(ctx, p.pvc, metav1.GetOptions{})
 		switch {
+		case err == nil && existing.DeletionTimestamp != nil:
+			// Already going (the syncer of a virtual cluster that started on an empty
+			// store deletes the host PVCs it does not know): its data is lost either way.
+			p.replace, p.going = true, true
 		case err == nil && !o.Force:
 			return fmt.Errorf("restore volume into PVC %s: %w; delete it first, restore into another namespace or name, or replace it with --replace-volumes (its data is lost)", key, ErrPVCExists)
 		case err == nil:
@@ -408,7 +417,11 @@ func replaceExisting(ctx context.Context, c Clients, plans []*plan, timeout time
 		if !p.replace {
 			continue
 		}
-		slog.Warn("replacing an existing PVC", "pvc", p.ns+"/"+p.pvc)
+		if p.going {
+			slog.Warn("waiting for a PVC that is being deleted", "pvc", p.ns+"/"+p.pvc)
+		} else {
+			slog.Warn("replacing an existing PVC", "pvc", p.ns+"/"+p.pvc)
+		}
 		if err := c.Kube.CoreV1().PersistentVolumeClaims(p.ns).Delete(ctx, p.pvc, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete the existing PVC %s/%s to replace it: %w", p.ns, p.pvc, err)
 		}

@@ -16,11 +16,14 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/vcsnap/vcsnap/restore"
 	"github.com/vcsnap/vcsnap/snapshot"
+	"github.com/vcsnap/vcsnap/snapshot/bundle"
 	"github.com/vcsnap/vcsnap/test/rig"
 	"github.com/vcsnap/vcsnap/volumes"
 )
@@ -40,13 +43,20 @@ import (
 //     driver's storage, and no VolumeSnapshot objects are left;
 //   - the bytes in both volumes and the objects are changed;
 //   - a restore without --replace-volumes is refused (exit 5) before anything pauses;
-//     the dry run with it plans two PVCs replaced;
-//   - `vcsnap restore VC -n NS --include-volumes --replace-volumes` replaces the
-//     PVCs (new PVs from the snapshots) and the datastore; the vcluster is Ready, its
-//     API serves the captured objects, its PVCs are Bound to the new host volumes,
-//     and the syncer runs the Deployment's pod again, which reads the ORIGINAL bytes
-//     from both restored volumes (kubectl exec cat);
-//   - `snapshot delete --include-volumes` removes the storage snapshots with the bundle.
+//     the dry run with it plans two PVCs replaced after the pod that mounts them;
+//   - `vcsnap restore VC -n NS --include-volumes --replace-volumes` deletes that host
+//     pod, replaces the PVCs (new PVs from the snapshots) and the datastore; the
+//     vcluster is Ready, its API serves the captured objects, its PVCs are Bound to
+//     the new host volumes, and the syncer runs the Deployment's pod again, which
+//     reads the ORIGINAL bytes from both restored volumes (kubectl exec cat);
+//   - from SQLite to deployed etcd as a user does it: new bytes, a new snapshot by
+//     name with volumes, `helm upgrade` with deployed etcd (a Deployment on an empty
+//     etcd, whose syncer deletes every host object it had synced, the PVCs too),
+//     then `vcsnap restore VC -n NS --include-volumes` of the SQLite bundle into the
+//     deployed etcd: the vcluster serves the same objects (the Service recreated by
+//     the syncer with a new uid), its PVCs are back, and the pod runs again, reading
+//     the new bytes;
+//   - `snapshot delete --include-volumes` removes the storage snapshots with the bundles.
 //
 // It replaces the stand-in's byNameVolumes (TestVClusterByName/sqlite), whose host
 // PVCs were made by the test in the syncer's shape, written through the driver's
@@ -208,18 +218,115 @@ func TestRealVClusterVolumesByName(t *testing.T) {
 	t.Logf("the syncer on the restored PVCs:\n%s", grepLines(vc.SyncerLog(t, 2000), "volumename differs"))
 	sw.lap("objects, pod and bytes back")
 
-	// Deleting the bundle with its volumes removes the storage snapshots too.
-	res = r.cli.run(t, "snapshot", "delete", "--include-volumes", "--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", hostNS, store)
-	if res.Code != 0 {
-		t.Fatalf("delete with volumes: %s", res)
+	// From embedded SQLite to deployed etcd, as a user moves a live vcluster to another
+	// backing store: a fresh snapshot by name (volumes included), `helm upgrade` with
+	// deployed etcd (vcluster's CLI allows that change, but carries no data over: the
+	// chart replaces the StatefulSet by a Deployment on a new, empty etcd), then a
+	// restore by name into it.
+	want2 := map[string][]byte{} // new bytes, so that only this snapshot's volumes match
+	for _, c := range claims {
+		want2[c] = podWrite(t, r, hostNS, pod2.Name, "/"+c+"/payload.bin", 100)
 	}
-	for _, v := range m.Volumes {
-		if _, err := os.Stat(r.host.SnapshotFile(v.SnapshotHandle)); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("storage snapshot of %s still there after the bundle's deletion: %v", v.PVC, err)
+	store2 := r.podStoreURL(name + "/before-etcd")
+	var created2 snapshot.CreateResult
+	r.cli.mustJSON(t, &created2, append(append([]string{"snapshot", "create", name}, withVolumes...), store2)...)
+	if created2.Manifest == nil || len(created2.Manifest.Volumes) != len(claims) || created2.Manifest.Source.Datastore != "kine-sqlite" {
+		t.Fatalf("snapshot before the move to etcd: %+v; want the kine-sqlite and %d volumes", created2.Manifest, len(claims))
+	}
+	sw.lap("etcd: snapshot on SQLite")
+	vc.Upgrade(t, rig.RealVClusterDeployedEtcdValues(r.host.StorageClass))
+	sw.lap("etcd: helm upgrade to deployed etcd, Ready")
+	if vc.Workload != "Deployment" || vc.EtcdStatefulSet != name+"-etcd" {
+		t.Fatalf("after the upgrade: %s %s, etcd %q; want a Deployment and StatefulSet %s-etcd", vc.Workload, name, vc.EtcdStatefulSet, name)
+	}
+	vcs = kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
+	if _, err := vcs.CoreV1().Namespaces().Get(ctx, fns, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("namespace %s on the new etcd before the restore: %v; want NotFound (an empty store)", fns, err)
+	}
+	// The syncer on the empty store deletes every host object it had synced, the
+	// workload's PVCs with their data too: the volume snapshots are what brings it back.
+	var state string
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+		objs := hostObjects(t, ctx, hostCS, hostNS)
+		state = fmt.Sprintf("host objects %v", objs)
+		going := 0
+		for _, c := range claims {
+			p, err := hostCS.CoreV1().PersistentVolumeClaims(hostNS).Get(ctx, hostPVC[c], metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				going++
+				state += "; " + hostPVC[c] + " gone"
+			case err == nil && p.DeletionTimestamp != nil:
+				going++
+				state += "; " + hostPVC[c] + " being deleted"
+			default:
+				state += fmt.Sprintf("; %s: %v", hostPVC[c], err)
+			}
+		}
+		if len(objs) == 0 && going == len(claims) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the vcluster on the empty etcd did not remove its host objects within 2m: %s", state)
 		}
 	}
-	if d := r.cli.run(t, "snapshot", "describe", store); d.Code != 4 {
-		t.Fatalf("after delete, describe: %s; want exit 4", d)
+	t.Logf("on the empty etcd the syncer removed the synced host objects: %s", state)
+	// A plain --include-volumes: nothing to replace (a PVC still being deleted is waited for).
+	var moved RestoreByNameOutput
+	res = r.cli.mustJSON(t, &moved, append(append([]string{"restore", name}, withVolumes...), store2)...)
+	sw.lap("etcd: restore by name")
+	t.Logf("the restore into deployed etcd:\n%s", res.Stderr)
+	if moved.Datastore != "deployed-etcd" || moved.Restore == nil || moved.Restore.Manifest == nil || moved.Restore.Manifest.Source.Datastore != "kine-sqlite" || len(moved.Volumes) != len(claims) {
+		t.Fatalf("restore into deployed etcd: datastore %q, result %+v, %d volumes; want the kine-sqlite bundle in etcd with %d volumes", moved.Datastore, moved.Restore, len(moved.Volumes), len(claims))
+	}
+	noEngineLeft(t, ctx, hostCS, hostNS, name, "after the restore into etcd")
+	noSnapshotObjects("after the restore into etcd")
+	vc.WaitReady(t, 3*time.Minute)
+	vcs = kubernetes.NewForConfigOrDie(vc.RESTConfig(t))
+	after = captureObjects(t, ctx, vcs, ns)
+	for k, v := range captureObjects(t, ctx, vcs, fns) {
+		after[fns+"/"+k] = v
+	}
+	// The Service's host Service was deleted on the empty etcd, so the syncer recreates
+	// the restored virtual Service (a new uid; vcluster's services/syncer.go).
+	wantMoved := map[string]string{}
+	for k, v := range before {
+		wantMoved[k] = v
+	}
+	for _, m := range []map[string]string{wantMoved, after} {
+		m["Service/web"] = identityRE.ReplaceAllString(m["Service/web"], "")
+	}
+	if diff := diffCaptured(wantMoved, after); diff != "" {
+		t.Fatalf("the vcluster on deployed etcd serves other objects than the snapshot's:\n%s", diff)
+	}
+	waitSyncedPodRunning(t, ctx, vcs, hostCS, name, hostNS, ns, "app=web", "")
+	pod3 := waitSyncedPodRunning(t, ctx, vcs, hostCS, name, hostNS, fns, "app=store", "")
+	for _, c := range claims {
+		if got := podRead(t, r, hostNS, pod3.Name, "/"+c+"/payload.bin"); !bytes.Equal(got, want2[c]) {
+			t.Fatalf("on deployed etcd, %s in pod %s holds %d bytes that are not the snapshot's %d", c, pod3.Name, len(got), len(want2[c]))
+		}
+	}
+	waitVirtualPVCsBound(t, ctx, vcs, hostCS, hostNS, fns, claims, hostPVC)
+	t.Logf("on deployed etcd the syncer runs %s, which reads the snapshot's bytes", pod3.Name)
+	sw.lap("etcd: objects, pod and bytes back")
+
+	// Deleting the bundles with their volumes removes the storage snapshots too.
+	for _, b := range []struct {
+		url  string
+		vols []bundle.Volume
+	}{{store, m.Volumes}, {store2, created2.Manifest.Volumes}} {
+		res = r.cli.run(t, "snapshot", "delete", "--include-volumes", "--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", hostNS, b.url)
+		if res.Code != 0 {
+			t.Fatalf("delete with volumes: %s", res)
+		}
+		for _, v := range b.vols {
+			if _, err := os.Stat(r.host.SnapshotFile(v.SnapshotHandle)); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("storage snapshot of %s still there after the bundle's deletion: %v", v.PVC, err)
+			}
+		}
+		if d := r.cli.run(t, "snapshot", "describe", b.url); d.Code != 4 {
+			t.Fatalf("after delete, describe: %s; want exit 4", d)
+		}
 	}
 	noSnapshotObjects("after the delete")
 	sw.lap("delete with volumes")
@@ -228,7 +335,9 @@ func TestRealVClusterVolumesByName(t *testing.T) {
 
 // RestoreByNameOutput is the part of `restore NAME -o json` this test reads.
 type RestoreByNameOutput struct {
-	Volumes []volumes.Restored `json:"volumes"`
+	Volumes   []volumes.Restored `json:"volumes"`
+	Datastore string             `json:"datastore"`
+	Restore   *restore.Result    `json:"restore"`
 }
 
 // createFileStore creates namespace ns with PVCs claims (no storage class: the host's

@@ -183,6 +183,65 @@ func InstallRealVCluster(t testing.TB, host *Host, node *Node, name, namespace, 
 	return v
 }
 
+// Upgrade runs `helm upgrade` of the installed vcluster with RealVClusterValues
+// plus extraValues (as InstallRealVCluster; "" for none), the way a user changes
+// its values, for example its backing store from embedded SQLite to deployed etcd
+// (RealVClusterDeployedEtcdValues: the chart replaces StatefulSet NAME by a
+// Deployment, which starts on the new, empty store). It waits until a control
+// plane StatefulSet the chart dropped is gone, finds the workloads anew, makes a
+// new deployed etcd reachable (resolveEtcd) and waits until the vcluster is
+// Ready. The old data PVC stays, as with helm uninstall.
+func (v *RealVCluster) Upgrade(t testing.TB, extraValues string) {
+	t.Helper()
+	helm := Tool(t, "helm")
+	if strings.Contains(extraValues, VClusterEtcdRepo) {
+		v.node.LoadImages(t, ImageVClusterEtcd)
+	}
+	dir := t.TempDir()
+	files := []string{filepath.Join(dir, "values.yaml")}
+	writeFile(t, files[0], []byte(RealVClusterValues(v.host.StorageClass)), 0o644)
+	if strings.TrimSpace(extraValues) != "" {
+		files = append(files, filepath.Join(dir, "extra-values.yaml"))
+		writeFile(t, files[1], []byte(extraValues), 0o644)
+	}
+	args := []string{"upgrade", v.Name, RealVClusterChart(t), "-n", v.Namespace}
+	for _, f := range files {
+		args = append(args, "-f", f)
+	}
+	start := time.Now()
+	cmd := exec.Command(helm, args...)
+	cmd.Env = v.host.HelmEnv(dir)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm upgrade %s: %v\n%s", v.Name, err, b)
+	}
+	t.Logf("helm upgrade %s -n %s: %s", v.Name, v.Namespace, firstLine(string(b)))
+	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for v.Workload == "StatefulSet" {
+		_, err := cs.AppsV1().StatefulSets(v.Namespace).Get(ctx, v.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if _, derr := cs.AppsV1().Deployments(v.Namespace).Get(ctx, v.Name, metav1.GetOptions{}); apierrors.IsNotFound(derr) {
+			break // still a StatefulSet: the upgrade kept the kind
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("helm upgrade %s made Deployment %s, but StatefulSet %s is not gone: %v", v.Name, v.Name, v.Name, err)
+		case <-time.After(time.Second):
+		}
+	}
+	v.Workload, v.PodName, v.PVC = "StatefulSet", v.Name+"-0", "data-"+v.Name+"-0"
+	v.findWorkloads(t)
+	if v.EtcdStatefulSet != "" {
+		v.resolveEtcd(t, 3*time.Minute)
+	}
+	v.WaitReady(t, 5*time.Minute)
+	t.Logf("real vcluster %s/%s upgraded: %s %s, deployed etcd %q; Ready %v after helm upgrade", v.Namespace, v.Name, v.Workload, v.Name, v.EtcdStatefulSet, time.Since(start).Round(100*time.Millisecond))
+}
+
 // findWorkloads reads which workloads the chart made: StatefulSet or Deployment
 // NAME, and StatefulSet NAME-etcd with deployed etcd.
 func (v *RealVCluster) findWorkloads(t testing.TB) {
