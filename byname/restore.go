@@ -55,8 +55,10 @@ type RestoreOptions struct {
 	SkipIdentity bool
 	// Create installs the virtual cluster first, on a host where it does not exist.
 	Create *CreateOptions
-	// Progress reports the verification of the bundle before anything is touched.
+	// Progress reports the verification of the bundle before anything is touched;
+	// Verified, when set, is called once that verification has ended.
 	Progress snapshot.ProgressFunc
+	Verified func()
 	DryRun   bool
 	Logger   *slog.Logger
 }
@@ -164,6 +166,9 @@ func (r *run) verify(ctx context.Context, o RestoreOptions) (*verified, error) {
 			}
 			return nil
 		})
+		if o.Verified != nil {
+			o.Verified()
+		}
 		if err != nil {
 			return nil, fmt.Errorf("the bundle failed verification; the virtual cluster was not touched: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -152,10 +153,12 @@ func (a *app) restoreByName(ctx context.Context, kf *kubeFlags, o byname.Restore
 		return err
 	}
 	o.Engine, o.DryRun, o.Logger = a.engine(kf), kf.dryRun, slog.Default()
+	// The display covers the verification only: the engine's own progress is relayed.
 	progress, done := a.progress()
-	o.Progress = progress
+	var once sync.Once
+	o.Progress, o.Verified = progress, func() { once.Do(done) }
 	out, err := byname.Restore(ctx, h, kf.namespace, name, o)
-	done()
+	once.Do(done)
 	if err != nil {
 		return err
 	}
