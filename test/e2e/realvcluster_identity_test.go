@@ -117,7 +117,10 @@ func TestRealVClusterIdentityComesBack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitGone(t, ctx, "pod "+vc.PodName, func() error { _, err := hostCS.CoreV1().Pods(hostNS).Get(ctx, vc.PodName, metav1.GetOptions{}); return err })
+	waitGone(t, ctx, "pod "+vc.PodName, func() error {
+		_, err := hostCS.CoreV1().Pods(hostNS).Get(ctx, vc.PodName, metav1.GetOptions{})
+		return err
+	})
 	must(nil, hostCS.CoreV1().PersistentVolumeClaims(hostNS).Delete(ctx, vc.PVC, metav1.DeleteOptions{}))
 	waitGone(t, ctx, "PVC "+vc.PVC, func() error {
 		_, err := hostCS.CoreV1().PersistentVolumeClaims(hostNS).Get(ctx, vc.PVC, metav1.GetOptions{})
