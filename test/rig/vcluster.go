@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -368,12 +369,12 @@ func (v *VClusterOnNode) scaleTo(t testing.TB, replicas int32, wait bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cs := kubernetes.NewForConfigOrDie(v.host.RESTConfig())
-	sc, err := cs.AppsV1().StatefulSets(v.Namespace).GetScale(ctx, v.StatefulSet, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("get scale: %v", err)
-	}
-	sc.Spec.Replicas = replicas
-	if _, err := cs.AppsV1().StatefulSets(v.Namespace).UpdateScale(ctx, v.StatefulSet, sc, metav1.UpdateOptions{}); err != nil {
+	// A merge patch of the scale subresource carries no resourceVersion: a
+	// get-then-update of the scale conflicts (409) whenever the host's
+	// StatefulSet controller writes the status in between, as it does right
+	// after a pause's pod is gone (vcsnap's own pause and resume patch too).
+	patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas))
+	if _, err := cs.AppsV1().StatefulSets(v.Namespace).Patch(ctx, v.StatefulSet, types.MergePatchType, patch, metav1.PatchOptions{}, "scale"); err != nil {
 		t.Fatalf("scale %s/%s to %d: %v", v.Namespace, v.StatefulSet, replicas, err)
 	}
 	if replicas == 0 && wait {
