@@ -392,12 +392,29 @@ func datastoreOf(vc *VCluster) (Datastore, error) {
 		d.OnVolume = true
 		return nil
 	}
+	if ds := vc.Values.ControlPlane.BackingStore.Database.Embedded.DataSource; kind == KindSQLite && ds != "" && !strings.HasPrefix(ds, "sqlite://") {
+		// vcluster calls it the embedded database (kine runs in the pod), but the keys
+		// live in that PostgreSQL or MySQL database, not in /data/state.db: reading the
+		// file would back up nothing.
+		d.Kind = KindExternalDatabase
+		d.SnapshotURL, d.Password = SplitPassword(ds)
+		d.RestoreURL = d.SnapshotURL
+		return d, nil
+	}
 	switch kind {
 	case KindSQLite:
 		if err := needVolume(); err != nil {
 			return d, err
 		}
 		path := DataMountPath + "/state.db"
+		if ds := vc.Values.ControlPlane.BackingStore.Database.Embedded.DataSource; ds != "" {
+			// sqlite:///path?params: the file kine was pointed at.
+			p, _, _ := strings.Cut(strings.TrimPrefix(ds, "sqlite://"), "?")
+			if p != DataMountPath && !strings.HasPrefix(p, DataMountPath+"/") {
+				return d, fmt.Errorf("%s/%s: controlPlane.backingStore.database.embedded.dataSource %q is not on the data volume (%s): vcsnap's engine cannot reach it", vc.Namespace, vc.ConfigSecret, ds, DataMountPath)
+			}
+			path = p
+		}
 		if vc.Values.ControlPlane.Distro.K3S.Enabled {
 			path = DataMountPath + "/server/db/state.db" // k3s keeps kine's database there
 		}

@@ -16,6 +16,9 @@ type Values struct {
 			Database struct {
 				Embedded struct {
 					Enabled bool `json:"enabled"`
+					// DataSource, when set, is kine's endpoint: a SQLite file elsewhere,
+					// or a PostgreSQL or MySQL database kine in the pod talks to.
+					DataSource string `json:"dataSource"`
 				} `json:"embedded"`
 				External struct {
 					Enabled    bool   `json:"enabled"`

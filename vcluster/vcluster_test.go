@@ -347,3 +347,30 @@ func TestDiscoverDeployedEtcd(t *testing.T) {
 		t.Errorf("without the etcd Service: %+v, %v", d, err)
 	}
 }
+
+// TestEmbeddedDatabaseDataSource: vcluster's "embedded" database with a dataSource runs
+// kine in the pod against that database (OSS: the external database is Pro in v0.30).
+// Reading /data/state.db then would back up an empty or stale file.
+func TestEmbeddedDatabaseDataSource(t *testing.T) {
+	for _, tc := range []struct{ ds, kind, snap, pw, err string }{
+		{"postgres://kine:s3cret@db.team-a:5432/kine?sslmode=disable", KindExternalDatabase, "postgres://kine@db.team-a:5432/kine?sslmode=disable", "s3cret", ""},
+		{"mysql://kine:pw@tcp(db:3306)/kine", KindExternalDatabase, "mysql://kine@tcp(db:3306)/kine", "pw", ""},
+		{"sqlite:///data/other/state.db?_journal=WAL", KindSQLite, "sqlite:///data/other/state.db", "", ""},
+		{"sqlite:///var/lib/state.db", "", "", "", "not on the data volume"},
+	} {
+		v, err := ParseValues([]byte("controlPlane:\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n        dataSource: " + tc.ds + "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := datastoreOf(&VCluster{Name: "vc1", Namespace: "team-a", ConfigSecret: "vc-config-vc1", DataPVC: "data-vc1-0", Values: v})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %v, want an error containing %q", tc.ds, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || d.Kind != tc.kind || d.SnapshotURL != tc.snap || d.Password != tc.pw || d.RestoreURL != d.SnapshotURL {
+			t.Errorf("%s: %+v %v; want kind %s, URL %s, password %q", tc.ds, d, err, tc.kind, tc.snap, tc.pw)
+		}
+	}
+}
