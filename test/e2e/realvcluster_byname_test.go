@@ -159,6 +159,17 @@ func TestRealVClusterSQLiteByName(t *testing.T) {
 	pod := waitSyncedPodRunning(t, ctx, vcs, hostCS, name, hostNS, ns, "app=web", "")
 	t.Logf("the syncer runs the Deployment's pod on the host again: %s on %s", pod.Name, pod.Spec.NodeName)
 	sw.lap("compare + host pod")
+
+	// vcsnap killed while its engine Job runs leaves the real vcluster paused; the
+	// documented `vcsnap resume` waits for the Job and brings it back on the bundle's state.
+	killedRestoreResumes(t, r, hostNS, name, vc.StatefulSet, hostCS, kube, store)
+	running("after the killed restore and resume")
+	noEngineLeft(t, ctx, hostCS, hostNS, name, "after resume")
+	vc.WaitReady(t, 3*time.Minute)
+	if diff := diffCaptured(before, captureObjects(t, ctx, kubernetes.NewForConfigOrDie(vc.RESTConfig(t)), ns)); diff != "" {
+		t.Fatalf("after the killed restore and resume the vcluster serves other objects than the snapshot's:\n%s", diff)
+	}
+	sw.lap("killed restore + resume")
 	t.Logf("timings: real vcluster Ready %.1fs after helm install; whole test %s", vc.ReadyAfter.Seconds(), sw.summary())
 }
 

@@ -182,7 +182,7 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 
 	// On embedded etcd the CLI is killed while its engine Job runs, and
 	// `vcsnap resume` lets the Job finish and brings the virtual cluster back.
-	killedRestoreResumes(t, r, vc, hostCS, kube, store)
+	killedRestoreResumes(t, r, vc.Namespace, vc.Name, vc.StatefulSet, hostCS, kube, store)
 	sw.lap("killed restore + resume")
 	running("after the restore")
 	noTemporaries("after the restore")
@@ -196,20 +196,20 @@ func byName(t *testing.T, r *nodeRig, backing string, seed int64, sw *stopwatch)
 
 // killedRestoreResumes kills `vcsnap restore NAME` once its engine Job exists (the
 // virtual cluster is paused then), and runs the documented `vcsnap resume NAME -n NS`.
-func killedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, hostCS kubernetes.Interface, kube []string, store string) {
+func killedRestoreResumes(t *testing.T, r *nodeRig, namespace, name, statefulSet string, hostCS kubernetes.Interface, kube []string, store string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, vcsnapBin, append(append([]string{"restore", vc.Name}, kube...), store)...)
+	cmd := exec.CommandContext(ctx, vcsnapBin, append(append([]string{"restore", name}, kube...), store)...)
 	cmd.Env = r.cli.env
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	sel := labels.Set{vcluster.LabelVCluster: vc.Name, vcluster.LabelOperation: "restore"}.String()
+	sel := labels.Set{vcluster.LabelVCluster: name, vcluster.LabelOperation: "restore"}.String()
 	var job string
 	for job == "" {
-		jobs, err := hostCS.BatchV1().Jobs(vc.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		jobs, err := hostCS.BatchV1().Jobs(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -224,7 +224,7 @@ func killedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, host
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
-	sts, err := hostCS.AppsV1().StatefulSets(vc.Namespace).Get(ctx, vc.StatefulSet, metav1.GetOptions{})
+	sts, err := hostCS.AppsV1().StatefulSets(namespace).Get(ctx, statefulSet, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func killedRestoreResumes(t *testing.T, r *nodeRig, vc *rig.VClusterOnNode, host
 		t.Fatalf("killed while Job %s ran: replicas %d, annotations %v; want paused with 1 recorded", job, *sts.Spec.Replicas, sts.Annotations)
 	}
 	t.Logf("killed vcsnap restore while its Job %s existed; the virtual cluster is paused", job)
-	res := r.cli.run(t, "resume", vc.Name, "--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", vc.Namespace)
+	res := r.cli.run(t, "resume", name, "--kubeconfig", r.host.APIServer.KubeconfigPath, "-n", namespace)
 	if res.Code != 0 || !strings.Contains(res.Stderr, "engine Job had finished its work") {
 		t.Fatalf("resume: %s; want the orphaned Job waited for and resumed", res)
 	}
