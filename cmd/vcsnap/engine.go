@@ -28,8 +28,12 @@ func (a *app) engineCommand() *cobra.Command {
 				res = &engine.Result{ExitCode: exitCode(err), Error: err.Error()}
 				explainAbort(a.stderr, err)
 			}
-			if werr := os.WriteFile(resultFile, engine.EncodeResult(*res), 0o644); werr != nil {
-				slog.Warn("could not write the engine's result", "file", resultFile, "error", werr)
+			// The kubelet makes the termination message file; outside a pod (the default
+			// path missing) nothing is created under /dev.
+			if _, serr := os.Stat(resultFile); serr == nil || cmd.Flags().Changed("result") {
+				if werr := os.WriteFile(resultFile, engine.EncodeResult(*res), 0o644); werr != nil {
+					slog.Warn("could not write the engine's result", "file", resultFile, "error", werr)
+				}
 			}
 			return err
 		},
