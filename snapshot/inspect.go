@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -140,10 +142,13 @@ func List(ctx context.Context, prefixURL string) ([]*Entry, error) {
 
 // listIn describes the bundles under prefix in s, 8 manifests read at a time.
 func listIn(ctx context.Context, s storage.Store, prefix string) ([]*Entry, error) {
-	objs, err := s.List(ctx, prefix)
+	all, err := s.List(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
+	// A running watcher rewrites its claim object every few seconds: never a bundle,
+	// and a read racing a rewrite would list it as unreadable.
+	objs := slices.DeleteFunc(all, func(o storage.ObjectInfo) bool { return path.Base(o.Name) == WatchLockName })
 	entries := make([]*Entry, len(objs))
 	var g errgroup.Group
 	g.SetLimit(8)
