@@ -190,7 +190,11 @@ func parseURL(raw string) (parsedURL, error) {
 		}
 		return parsedURL{scheme: "azblob", azure: opts, name: name}, nil
 	case "":
-		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name, s3://bucket/key, gs://bucket/key or azblob://account/container/key", raw)
+		shown := raw
+		if i := strings.IndexAny(raw, ":@"); i >= 0 && strings.Contains(raw, "@") {
+			shown = raw[:i] + "..." // it may hold a password: not echoed
+		}
+		return parsedURL{}, fmt.Errorf("store URL %q has no scheme: use file:///path/name, s3://bucket/key, gs://bucket/key or azblob://account/container/key", shown)
 	default:
 		return parsedURL{}, fmt.Errorf("unsupported store scheme %q: use file://, s3://, gs:// or azblob://", u.Scheme)
 	}
