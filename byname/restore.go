@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/vcsnap/vcsnap/engine"
 	"github.com/vcsnap/vcsnap/internal/units"
 	"github.com/vcsnap/vcsnap/restore"
@@ -208,7 +206,7 @@ func (r *run) restore(ctx context.Context, o RestoreOptions, b *verified, startT
 		p.step("%s", desc)
 		req.Translate = spec
 	}
-	identity = r.identityPlan(m, identity, o)
+	identity = r.identityPlan(ctx, m, identity, o)
 	files := engineFiles{}
 	for i, f := range o.Keys.IdentityFiles {
 		pth, err := files.add(fmt.Sprintf("identity-%d.txt", i), f, "the identity file")
@@ -330,7 +328,7 @@ func (r *run) restore(ctx context.Context, o RestoreOptions, b *verified, startT
 
 // identityPlan decides whether the bundle's identity comes back (only into the virtual
 // cluster it was taken of) and says so in the plan; it returns the identity to restore.
-func (r *run) identityPlan(m *bundle.Manifest, id *vcluster.Identity, o RestoreOptions) *vcluster.Identity {
+func (r *run) identityPlan(ctx context.Context, m *bundle.Manifest, id *vcluster.Identity, o RestoreOptions) *vcluster.Identity {
 	if m == nil || len(m.Identity) == 0 {
 		return nil
 	}
@@ -351,7 +349,7 @@ func (r *run) identityPlan(m *bundle.Manifest, id *vcluster.Identity, o RestoreO
 		r.p.step("leave the identity of %s/%s as it is: the bundle's certificates (%s) name %s/%s", vc.Namespace, vc.Name, strings.Join(names, ", "), m.Source.VClusterNamespace, m.Source.VClusterName)
 		return nil
 	}
-	if vc.Datastore.Kind == vcluster.KindDeployedEtcd && !o.DryRun && id != nil && !sameIdentity(r, id) {
+	if vc.Datastore.Kind == vcluster.KindDeployedEtcd && !o.DryRun && id != nil && !vcluster.IdentityInPlace(ctx, r.cs, vc.Namespace, id) {
 		// The etcd StatefulSet mounts the same Secret and keeps running through the
 		// pause: it would still trust the old CA while the control plane presents the new.
 		r.p.step("leave the identity of %s/%s as it is: its deployed etcd runs on the current certificates (to bring the bundle's back, restore with --create where the virtual cluster does not exist)", vc.Namespace, vc.Name)
@@ -395,20 +393,4 @@ func (r *run) moveSpec(ctx context.Context, from *Origin, m *bundle.Manifest) (*
 	desc := fmt.Sprintf("translate the datastore of %s/%s for %s/%s: vcluster's host names, Service addresses outside %s (%s), pods rescheduled, Nodes and kube-root-ca.crt left out",
 		fromNS, fromName, vc.Namespace, vc.Name, cidr, how)
 	return spec, desc, nil
-}
-
-// sameIdentity reports whether the host already holds id's Secrets as they are.
-func sameIdentity(r *run, id *vcluster.Identity) bool {
-	for _, s := range id.Secrets {
-		cur, err := r.cs.CoreV1().Secrets(r.vc.Namespace).Get(context.Background(), s.Name, metav1.GetOptions{})
-		if err != nil || len(cur.Data) != len(s.Data) {
-			return false
-		}
-		for k, v := range s.Data {
-			if string(cur.Data[k]) != string(v) {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -176,6 +176,18 @@ func RestoreIdentity(ctx context.Context, cs kubernetes.Interface, namespace str
 	return out, nil
 }
 
+// IdentityInPlace reports whether namespace already holds every Secret of id exactly
+// as id has it (false when one cannot be read).
+func IdentityInPlace(ctx context.Context, cs kubernetes.Interface, namespace string, id *Identity) bool {
+	for _, s := range id.Secrets {
+		cur, err := cs.CoreV1().Secrets(namespace).Get(ctx, s.Name, metav1.GetOptions{})
+		if err != nil || !sameData(cur.Data, s.Data) {
+			return false
+		}
+	}
+	return true
+}
+
 func sameData(a, b map[string][]byte) bool {
 	if len(a) != len(b) {
 		return false

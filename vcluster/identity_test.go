@@ -59,6 +59,9 @@ func TestIdentityReadAndRestore(t *testing.T) {
 	if string(s.Data["ca.crt"]) != "OLD CA" || string(s.Data["sa.key"]) != "OLD SA" || prev == nil || string(prev.Data["ca.crt"]) != "NEW CA" {
 		t.Fatalf("after restore: %v, kept %v", s.Data, prev)
 	}
+	if !IdentityInPlace(ctx, cs, "team-a", id) || IdentityInPlace(ctx, cs, "dr", id) {
+		t.Error("IdentityInPlace: want true where it was just written, false where it is absent")
+	}
 	// Again: nothing to replace, and the kept copy stays the one replaced.
 	if got, err := RestoreIdentity(ctx, cs, "team-a", id); err != nil || got[0].Previous != "" {
 		t.Fatalf("second restore %+v %v", got, err)
