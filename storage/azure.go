@@ -313,14 +313,21 @@ func (s *AzureStore) mapErr(name string, err error) error {
 				ErrUnavailable, s.URL(name), re.StatusCode, envAzureKey, envAzureSAS)
 		}
 	}
+	return transportErr(err, s.URL(name), "Azure Blob Storage", "the account name, endpoint= and the network")
+}
+
+// transportErr ends the error mapping of the cloud SDK stores once their own status
+// codes are handled: a network failure is ErrUnavailable naming the service and what to
+// check, a cancellation stays as it is, anything else names the object.
+func transportErr(err error, url, service, check string) error {
 	var oe *net.OpError
 	if errors.As(err, &oe) {
-		return fmt.Errorf("%w: cannot reach Azure Blob Storage for %s (%v): check the account name, endpoint= and the network", ErrUnavailable, s.URL(name), oe)
+		return fmt.Errorf("%w: cannot reach %s for %s (%v): check %s", ErrUnavailable, service, url, oe, check)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return fmt.Errorf("%s: %w", s.URL(name), err)
+	return fmt.Errorf("%s: %w", url, err)
 }
 
 // CheckWritable checks, before any work, that the container exists and these

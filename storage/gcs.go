@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -164,14 +163,7 @@ func (s *GCSStore) mapErr(name string, err error) error {
 				ErrUnavailable, s.URL(name), ge.Code, ge.Message)
 		}
 	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return fmt.Errorf("%w: cannot reach Google Cloud Storage for %s (%v): check the network (and STORAGE_EMULATOR_HOST, if set)", ErrUnavailable, s.URL(name), oe)
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	return fmt.Errorf("%s: %w", s.URL(name), err)
+	return transportErr(err, s.URL(name), "Google Cloud Storage", "the network (and STORAGE_EMULATOR_HOST, if set)")
 }
 
 // CheckWritable checks, before any work, that the bucket exists and these credentials
